@@ -1,0 +1,39 @@
+"""The one place that turns logits into probabilities and labels (used by losses and predictors).
+
+One output channel means a binary problem with a sigmoid; two or more mean a per-pixel
+softmax over the classes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """``(N, K, *S)`` logits -> probabilities of the same shape.
+
+    ``K == 1``: sigmoid (probability of the foreground); ``K >= 2``: softmax over dim 1.
+    """
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits)
+    return torch.softmax(logits, dim=1)
+
+
+def probabilities_to_labels(probabilities: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """``(N, K, *S)`` probabilities -> class ids ``(N, *S)`` (int64).
+
+    ``K == 1``: foreground where the probability exceeds ``threshold``; otherwise argmax.
+    """
+    if probabilities.shape[1] == 1:
+        return (probabilities[:, 0] > threshold).long()
+    return probabilities.argmax(dim=1)
+
+
+def logits_to_labels(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """``(N, K, *S)`` logits -> class ids ``(N, *S)``."""
+    return probabilities_to_labels(logits_to_probabilities(logits), threshold)
+
+
+def num_output_classes(num_channels: int) -> int:
+    """Number of classes a head with ``num_channels`` outputs predicts (1 channel = 2 classes)."""
+    return 2 if num_channels == 1 else num_channels

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``unetkit`` CLI, one module each (see :mod:`unetkit.cli`)."""

@@ -1,0 +1,34 @@
+"""The U-Net family: the model, its blocks and the baselines it is compared with."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .baselines import EncoderDecoder, PlainFCN
+from .blocks import ConvBlock, Down, Up
+from .config import ARCHITECTURES, ModelConfig
+from .unet import UNet
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """Build the network a :class:`ModelConfig` describes (the inverse of ``model.config``)."""
+    common = dict(
+        dims=config.dims, base_channels=config.base_channels, padding=config.padding,
+        norm=config.norm, dropout=config.dropout,
+    )
+    if config.architecture == "unet":
+        return UNet(config.in_channels, config.num_classes, depth=config.depth,
+                    up_mode=config.up_mode, **common)
+    if config.architecture == "encoder_decoder":
+        return EncoderDecoder(config.in_channels, config.num_classes, depth=config.depth,
+                              up_mode=config.up_mode, **common)
+    if config.architecture == "plain_fcn":
+        return PlainFCN(config.in_channels, config.num_classes, num_layers=config.num_layers,
+                        **common)
+    raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {config.architecture!r}")
+
+
+__all__ = [
+    "ARCHITECTURES", "ConvBlock", "Down", "EncoderDecoder", "ModelConfig", "PlainFCN", "UNet",
+    "Up", "build_model",
+]
