@@ -52,6 +52,8 @@ class PlainFCN(nn.Module, SizeRules):
     same padding and ``S' = S - 2 * num_layers`` for valid padding.
     """
 
+    __jit_unused_properties__ = ["config", "spatial_dims"]
+
     def __init__(
         self,
         in_channels: int,

@@ -44,11 +44,11 @@ def norm_layer(norm: Optional[str], channels: int, dims: int) -> nn.Module:
 
 def center_crop(x: torch.Tensor, spatial: list[int]) -> torch.Tensor:
     """Crop the trailing spatial axes of ``x`` (N, C, *S) to ``spatial``, keeping the centre."""
-    slices = [slice(None), slice(None)]
-    for size, target in zip(x.shape[2:], spatial):
-        start = (size - target) // 2
-        slices.append(slice(start, start + target))
-    return x[tuple(slices)]
+    for axis, target in enumerate(spatial):
+        size = x.shape[axis + 2]
+        if size != target:
+            x = x.narrow(axis + 2, (size - target) // 2, target)
+    return x
 
 
 class ConvBlock(nn.Module):
@@ -136,22 +136,39 @@ def crop_pool_indices(indices: torch.Tensor, target: list[int]) -> torch.Tensor:
     ``p`` becomes ``p - 2*offset`` in a plane of size ``2*target``.
     """
     pooled = list(indices.shape[2:])
-    if pooled == list(target):
+    if pooled == target:
         return indices
-    offsets = [(p - t) // 2 for p, t in zip(pooled, target)]
     cropped = center_crop(indices, target)
-    plane = [2 * p for p in pooled]
-    new_plane = [2 * t for t in target]
-    remaining = cropped
+    # Split the flat plane index into per-axis coordinates (last axis fastest) ...
     coords: list[torch.Tensor] = []
-    for size in reversed(plane):
-        coords.append(remaining % size)
-        remaining = torch.div(remaining, size, rounding_mode="floor")
-    coords.reverse()
+    remaining = cropped
+    for axis in range(len(pooled) - 1, -1, -1):
+        plane_size = 2 * pooled[axis]
+        coords.insert(0, remaining % plane_size)
+        remaining = torch.div(remaining, plane_size, rounding_mode="floor")
+    # ... shift each by twice the crop offset, and flatten again in the smaller plane.
     flat = torch.zeros_like(cropped)
-    for coord, offset, size in zip(coords, offsets, new_plane):
-        flat = flat * size + (coord - 2 * offset)
+    for axis in range(len(pooled)):
+        offset = 2 * ((pooled[axis] - target[axis]) // 2)
+        flat = flat * (2 * target[axis]) + (coords[axis] - offset)
     return flat
+
+
+def max_unpool(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Inverse of a 2x2 (2x2x2) stride-2 max-pool: ``(N, C, *S)`` -> ``(N, C, *2S)``.
+
+    Each value goes back to the flat position its maximum came from, zeros elsewhere.
+    Same result as ``F.max_unpool2d/3d``, written as a scatter so that it also traces,
+    scripts and exports (the functional version fails under ``torch.jit.trace`` in 3D).
+    """
+    n, c = x.shape[0], x.shape[1]
+    out_spatial = [2 * s for s in x.shape[2:]]
+    plane = 1
+    for s in out_spatial:
+        plane *= s
+    out = x.new_zeros(n, c, plane)
+    out = out.scatter(2, indices.flatten(2), x.flatten(2))
+    return out.view([n, c] + out_spatial)
 
 
 class Up(nn.Module):
@@ -210,12 +227,7 @@ class Up(nn.Module):
             x = self.up(x)
         elif self.up_mode == "unpool":
             x = self.up(x)
-            indices = crop_pool_indices(indices, list(x.shape[2:]))
-            out_size = [2 * s for s in x.shape[2:]]
-            if self.dims == 2:
-                x = F.max_unpool2d(x, indices, 2, 2, output_size=out_size)
-            else:
-                x = F.max_unpool3d(x, indices, 2, 2, output_size=out_size)
+            x = max_unpool(x, crop_pool_indices(indices, list(x.shape[2:])))
         else:
             if self.interpolation == "nearest":
                 x = F.interpolate(x, scale_factor=2.0, mode="nearest")

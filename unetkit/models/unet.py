@@ -53,6 +53,8 @@ class UNet(nn.Module, SizeRules):
     :func:`unetkit.activation.logits_to_probabilities`.
     """
 
+    __jit_unused_properties__ = ["config", "in_channels", "num_classes", "spatial_dims"]
+
     def __init__(
         self,
         in_channels: int,
@@ -122,7 +124,7 @@ class UNet(nn.Module, SizeRules):
         init_he_normal(self)
 
     @classmethod
-    def paper(cls) -> "UNet":
+    def paper(cls) -> UNet:
         """Ronneberger et al. 2015, Fig. 1: 1 channel in, 2 classes, 64..1024, valid, up-conv.
 
         23 conv layers, 31,030,658 parameters, 572x572 in, 388x388 out.
@@ -130,7 +132,7 @@ class UNet(nn.Module, SizeRules):
         return cls(1, 2, depth=4, base_channels=64, padding="valid", up_mode="transpose")
 
     @classmethod
-    def tutorial(cls) -> "UNet":
+    def tutorial(cls) -> UNet:
         """The "Python for Microscopists" Keras tutorial (seed 001): 128x128x3 in, 16..256, same
         padding, dropout 0.1/0.1/0.2/0.2/0.3 from top to bottom, one sigmoid output channel.
         """
