@@ -241,24 +241,39 @@ def coco_annotations(
     return annotations
 
 
+class CocoCollection:
+    """COCO dataset built one image at a time (so label images need not stay in memory)."""
+
+    def __init__(self, category: str = "object") -> None:
+        self.images: list[dict[str, Any]] = []
+        self.annotations: list[dict[str, Any]] = []
+        self.category = category
+
+    def add(self, file_name: str, labels: np.ndarray) -> None:
+        """Add one 2D label image ``(H, W)`` and its objects."""
+        image_id = len(self.images) + 1
+        annotations = coco_annotations(labels, image_id, first_annotation_id=len(self.annotations) + 1)
+        self.images.append({"id": image_id, "file_name": file_name,
+                            "height": int(labels.shape[0]), "width": int(labels.shape[1])})
+        self.annotations += annotations
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "annotations": self.annotations,
+            "categories": [{"id": 1, "name": self.category}],
+        }
+
+    def write(self, path: Union[str, Path]) -> None:
+        """Write the COCO JSON atomically."""
+        atomic_write_json(path, self.to_dict())
+
+
 def coco_dataset(
     items: Sequence[tuple[str, np.ndarray]], category: str = "object"
 ) -> dict[str, Any]:
     """A COCO dataset dict from ``(file_name, label image (H, W))`` pairs."""
-    images, annotations = [], []
-    for image_id, (file_name, labels) in enumerate(items, start=1):
-        images.append({"id": image_id, "file_name": file_name,
-                       "height": int(labels.shape[0]), "width": int(labels.shape[1])})
-        annotations += coco_annotations(labels, image_id, first_annotation_id=len(annotations) + 1)
-    return {
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": 1, "name": category}],
-    }
-
-
-def write_coco(
-    path: Union[str, Path], items: Sequence[tuple[str, np.ndarray]], category: str = "object"
-) -> None:
-    """Write :func:`coco_dataset` as JSON, atomically."""
-    atomic_write_json(path, coco_dataset(items, category))
+    collection = CocoCollection(category)
+    for file_name, labels in items:
+        collection.add(file_name, labels)
+    return collection.to_dict()

@@ -9,6 +9,7 @@ import pytest
 import tifffile
 
 from unetkit.instances import (
+    CocoCollection,
     InstanceConfig,
     coco_dataset,
     instances_from_foreground,
@@ -16,7 +17,6 @@ from unetkit.instances import (
     object_table,
     otsu_watershed,
     save_instance_labels,
-    write_coco,
     write_object_table,
 )
 
@@ -114,7 +114,10 @@ def test_coco_json_round_trips_through_pycocotools(tmp_path):
     second = np.zeros((30, 50), dtype=np.int32)
     second[3:9, 10:30] = 4
     path = tmp_path / "objects_coco.json"
-    write_coco(path, [("a.png", first), ("b.png", second)], category="nucleus")
+    collection = CocoCollection(category="nucleus")
+    collection.add("a.png", first)
+    collection.add("b.png", second)
+    collection.write(path)
     data = json.loads(path.read_text())
     assert [a["bbox"] for a in data["annotations"] if a["image_id"] == 2] == [[10, 3, 20, 6]]
     coco = coco_api.COCO(str(path))

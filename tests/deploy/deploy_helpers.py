@@ -1,0 +1,61 @@
+"""Helpers for the deploy tests: RUN folders as `unetkit train` writes them, known models, images."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from unetkit.checkpoint import save_model
+from unetkit.data.classes import ClassInfo
+from unetkit.data.normalize import NormalizeConfig
+from unetkit.data.synthetic import make_synthetic_cells
+from unetkit.models import PlainFCN, UNet
+from unetkit.utils.atomic import atomic_write_json
+
+
+def make_run(root: Path, model: torch.nn.Module, classes: ClassInfo | None = None) -> Path:
+    """Write ``model`` with ``classes.json`` and ``config.json`` (percentile normalisation) into ``root``."""
+    torch.manual_seed(0)
+    save_model(model, root)
+    classes = classes or ClassInfo.binary()
+    atomic_write_json(root / "classes.json", classes.to_dict())
+    atomic_write_json(root / "config.json", {"data": {"normalize": NormalizeConfig().to_dict()}})
+    return root
+
+
+def tiny_unet(**kwargs) -> UNet:
+    """A small U-Net whose untrained weights still give a non-trivial mask (bias on the head)."""
+    torch.manual_seed(0)
+    options = dict(depth=2, base_channels=4, padding="same")
+    options.update(kwargs)
+    return UNet(options.pop("in_channels", 1), options.pop("num_classes", 1), **options).eval()
+
+
+def threshold_model() -> PlainFCN:
+    """A network with known behaviour: a 3x3 mean filter, then logit = 20 * (mean - 0.5).
+
+    On a percentile-normalised image it marks the bright objects, so object counts mean something.
+    """
+    model = PlainFCN(1, 1, base_channels=1, num_layers=1, padding="same").eval()
+    conv, head = model.body[0], model.body[-1]
+    with torch.no_grad():
+        conv.weight.fill_(1.0 / 9.0)
+        conv.bias.zero_()
+        head.weight.fill_(20.0)
+        head.bias.fill_(-10.0)
+    return model
+
+
+def cells_png(shape=(96, 128), seed: int = 0, mode: str = "L") -> tuple[bytes, np.ndarray]:
+    """A synthetic cells image as PNG bytes, and the pixels as decoded ``(C, H, W)`` uint8."""
+    cells = make_synthetic_cells(shape, seed=seed)
+    grey = (np.clip(cells.image[0], 0, 1) * 255).astype(np.uint8)
+    image = Image.fromarray(grey).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    array = np.asarray(image)
+    return buffer.getvalue(), (array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0))

@@ -1,0 +1,167 @@
+"""Export to ONNX / TorchScript: parity with PyTorch, the stored contract, the backends in the Predictor."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from deploy_helpers import cells_png, make_run, tiny_unet
+from PIL import Image
+
+from unetkit.cli import main
+from unetkit.data.classes import ClassInfo
+from unetkit.export import (
+    ExportedModel,
+    export_model,
+    export_run,
+    load_backend,
+    predictor_for,
+    read_contract,
+    sidecar_path,
+    valid_size_rule,
+)
+from unetkit.inference import Predictor
+from unetkit.models import EncoderDecoder, PlainFCN, UNet
+
+FILES = {"onnxruntime": ("onnx", "net.onnx"), "torchscript": ("torchscript", "net.torchscript.pt")}
+CASES = [
+    # dims, padding, up_mode, two valid input sizes
+    (2, "valid", "transpose", (44, 60)),
+    (2, "valid", "unpool", (44, 52)),
+    (2, "same", "unpool", (32, 48)),
+    (2, "same", "bilinear", (16, 40)),
+    (3, "valid", "unpool", (44, 52)),
+    (3, "same", "transpose", (16, 24)),
+]
+
+
+@pytest.mark.parametrize("kind", sorted(FILES))
+@pytest.mark.parametrize("dims, padding, up_mode, sizes", CASES)
+def test_exported_file_matches_pytorch(tmp_path, kind, dims, padding, up_mode, sizes):
+    model = tiny_unet(dims=dims, padding=padding, up_mode=up_mode, num_classes=3, in_channels=2)
+    fmt, name = FILES[kind]
+    backend = load_backend(kind, export_model(model, tmp_path / name, fmt))
+    for batch, size in zip((2, 1), sizes):
+        x = torch.randn((batch, 2) + (size,) * dims)
+        with torch.inference_mode():
+            expected = model(x)
+        got = backend(x)
+        assert got.shape == expected.shape == (batch, 3) + (model.output_size(size),) * dims
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_contract_is_in_the_file_and_beside_it(binary_run, tmp_path):
+    out = export_run(binary_run, "onnx", tmp_path / "exported" / "cells.onnx")
+    contract = read_contract(out)
+    assert contract == json.loads(sidecar_path(out).read_text())
+    assert contract["model"] == json.loads((binary_run / "model.json").read_text())
+    assert contract["classes"] == json.loads((binary_run / "classes.json").read_text())
+    assert contract["normalize"]["mode"] == "percentile"
+    assert contract["input"]["channel_order"] == "gray"
+    assert contract["output"]["activation"] == "sigmoid"
+    assert contract["valid_sizes"]["step"] == 4 and contract["valid_sizes"]["context"] == 0
+    ts = export_run(binary_run, "torchscript", tmp_path / "cells.torchscript.pt")
+    assert read_contract(ts) == contract
+
+
+@pytest.mark.parametrize(
+    "build",
+    [UNet.paper, lambda: UNet(1, 2, dims=3, depth=2), lambda: PlainFCN(1, 2, num_layers=3, padding="valid")],
+    ids=["paper", "valid-3d", "plain-fcn"],
+)
+def test_valid_size_rule_matches_the_network(build):
+    with torch.device("meta"):  # size rules only
+        model = build()
+    rule = valid_size_rule(model)
+    for size in range(1, 700):
+        on_rule = size >= rule["first"] and (size - rule["first"]) % rule["step"] == 0
+        assert model.is_valid_input_size(size) == on_rule
+        if on_rule:
+            assert model.axis_output_size(size) == size - 2 * rule["context"]
+    if isinstance(model, UNet) and model.depth == 4:
+        assert (rule["context"], rule["step"]) == (92, 16)
+
+
+def test_pipeline_without_unetkit_reproduces_the_predictor(tmp_path):
+    """Only numpy + onnxruntime + the contract: same mask as the unetkit Predictor."""
+    run = make_run(tmp_path / "run", tiny_unet(num_classes=3), ClassInfo(["bg", "a", "b"]))
+    out = export_run(run, "onnx", tmp_path / "model.onnx")
+    image = np.random.default_rng(0).integers(0, 4000, (32, 48)).astype(np.uint16)
+
+    contract = json.loads(sidecar_path(out).read_text())
+    norm = contract["normalize"]
+    x = image[None].astype(np.float32)
+    low, high = np.percentile(x.reshape(1, -1), [norm["low"], norm["high"]], axis=1)
+    x = (x - low[:, None, None]) / np.maximum(high - low, 1e-6)[:, None, None]
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    feed = {contract["input"]["name"]: x[None].astype(np.float32)}
+    logits = session.run([contract["output"]["name"]], feed)[0]
+    labels = logits[0].argmax(axis=0)
+
+    expected = Predictor.from_run(run, device="cpu").predict(image)
+    assert labels.shape == expected.shape == image.shape
+    assert (labels == expected).mean() > 0.999
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torchscript"])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_predictor_with_backend_matches_torch(tmp_path, backend, padding):
+    """Tiled prediction of an image of an awkward size: same probabilities through every backend."""
+    run = make_run(tmp_path / "run", tiny_unet(padding=padding))
+    image = np.random.default_rng(1).random((70, 53)).astype(np.float32)
+    expected = Predictor.from_run(run, device="cpu", tile_size=64).predict_proba(image)
+    predictor = predictor_for(run, backend, device="cpu", tile_size=64)
+    assert isinstance(predictor.model, ExportedModel)
+    assert predictor.classes.encoding == "binary255"
+    np.testing.assert_allclose(predictor.predict_proba(image), expected, atol=1e-4)
+
+
+def test_export_command_and_its_errors(binary_run, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(binary_run), "--format", "onnx", "--out", str(out)]) == 0
+    assert out.is_file() and sidecar_path(out).is_file()
+    assert main(["export", str(tmp_path / "missing"), "--format", "torchscript"]) == 2
+    assert "missing is not a folder" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="reads .onnx files"):
+        load_backend("onnxruntime", export_run(binary_run, "torchscript"))
+    not_ours = tmp_path / "plain.onnx"
+    torch.onnx.export(torch.nn.Conv2d(1, 1, 1), (torch.zeros(1, 1, 4, 4),), str(not_ours), dynamo=False)
+    with pytest.raises(ValueError, match="holds no unetkit contract"):
+        load_backend("onnxruntime", not_ours)
+
+
+def test_predict_command_takes_a_backend(tmp_path):
+    run = make_run(tmp_path / "run", tiny_unet(padding="valid"))
+    image = tmp_path / "in" / "cells.png"
+    image.parent.mkdir()
+    image.write_bytes(cells_png(shape=(50, 70))[0])
+    masks = {}
+    for backend in ("torch", "onnxruntime", "torchscript"):
+        out = tmp_path / backend
+        args = ["predict", str(run), str(image), "--out", str(out), "--backend", backend]
+        assert main(args) == 0
+        masks[backend] = np.asarray(Image.open(out / "cells.png"))
+    assert masks["torch"].shape == (50, 70)
+    for backend in ("onnxruntime", "torchscript"):
+        assert (masks[backend] == masks["torch"]).mean() > 0.999
+
+
+@pytest.mark.parametrize("kind", sorted(FILES))
+@pytest.mark.parametrize(
+    "build",
+    [lambda: PlainFCN(1, 2, base_channels=4, num_layers=3, padding="valid"),
+     lambda: EncoderDecoder(1, 2, depth=2, base_channels=4, up_mode="unpool")],
+    ids=["plain-fcn", "encoder-decoder"],
+)
+def test_baselines_export_too(tmp_path, kind, build):
+    torch.manual_seed(0)
+    model = build().eval()
+    fmt, name = FILES[kind]
+    backend = load_backend(kind, export_model(model, tmp_path / name, fmt))
+    for size in (20, 36):
+        x = torch.randn(2, 1, size, size)
+        with torch.inference_mode():
+            torch.testing.assert_close(backend(x), model(x), atol=1e-4, rtol=1e-4)

@@ -1,0 +1,100 @@
+"""`unetkit predict --instances`: label images, object tables and COCO JSON from a RUN folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from unetkit.cli import main
+from unetkit.data.classes import ClassInfo
+from unetkit.data.normalize import NormalizeConfig
+from unetkit.models import PlainFCN
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
+from inference_helpers import make_run  # noqa: E402
+
+
+def intensity_model(weights: list[float], biases: list[float], dims: int = 2) -> PlainFCN:
+    """A 1x1 conv on the normalised intensity: class k has logit ``weights[k] * x + biases[k]``."""
+    model = PlainFCN(1, len(weights), dims=dims, num_layers=0)
+    with torch.no_grad():
+        model.body[-1].weight.copy_(torch.tensor(weights).view(-1, 1, *([1] * dims)))
+        model.body[-1].bias.copy_(torch.tensor(biases))
+    return model.eval()
+
+
+def save_png(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.astype(np.uint8)).save(path)
+    return path
+
+
+def test_watershed_route_writes_labels_table_and_coco(tmp_path):
+    run = make_run(tmp_path, intensity_model([20.0], [-10.0]), ClassInfo.binary(),
+                   NormalizeConfig(mode="fixed"))
+    image = np.zeros((48, 64), dtype=np.uint8)
+    yy, xx = np.mgrid[:48, :64]
+    image[((yy - 24) ** 2 + (xx - 20) ** 2) <= 81] = 200   # two touching discs
+    image[((yy - 24) ** 2 + (xx - 36) ** 2) <= 81] = 200
+    image[5:9, 50:58] = 255                                 # and a separate rectangle
+    src = save_png(tmp_path / "in" / "cells.png", image)
+    out = tmp_path / "out"
+    assert main(["predict", str(run), str(src), "--out", str(out), "--instances", "--min-distance", "5"]) == 0
+    labels = tifffile.imread(out / "cells_instances.tif")
+    assert labels.max() == 3
+    rows = list(csv.DictReader((out / "cells_objects.csv").open()))
+    assert len(rows) == 3 and {"area", "centroid_y", "bbox_min_x", "mean_intensity_0"} <= set(rows[0])
+    rectangle = [r for r in rows if r["area"] == "32"]
+    assert rectangle and rectangle[0]["bbox_min_x"] == "50"
+    coco = json.loads((out / "objects_coco.json").read_text())
+    assert coco["images"][0]["file_name"] == "cells.png" and len(coco["annotations"]) == 3
+
+
+def test_three_class_run_uses_the_border_route(tmp_path):
+    # normalised 0 -> background, 0.5 -> border, 1 -> interior
+    model = intensity_model([-40.0, 40.0, 0.0], [10.0, -30.0, 0.0])
+    run = make_run(tmp_path, model, ClassInfo.three_class(), NormalizeConfig(mode="fixed"))
+    image = np.zeros((40, 60), dtype=np.uint8)
+    image[8:32, 6:30] = 128  # two squares touching along x = 30, each with a border ring
+    image[8:32, 30:54] = 128
+    image[11:29, 9:27] = 255
+    image[11:29, 33:51] = 255
+    src = save_png(tmp_path / "in" / "pair.png", image)
+    out = tmp_path / "out"
+    assert main(["predict", str(run), str(src), "--out", str(out), "--instances"]) == 0
+    labels = tifffile.imread(out / "pair_instances.tif")
+    assert labels.max() == 2
+    assert (labels > 0).sum() == 2 * 24 * 24
+
+
+def test_instances_need_a_foreground_or_three_class_model(tmp_path, capsys):
+    run = make_run(tmp_path, intensity_model([1.0, 2.0, 3.0, 4.0], [0.0] * 4),
+                   ClassInfo([f"c{i}" for i in range(4)]), NormalizeConfig(mode="fixed"))
+    src = save_png(tmp_path / "in" / "x.png", np.zeros((16, 16)))
+    assert main(["predict", str(run), str(src), "--out", str(tmp_path / "out"), "--instances"]) == 1
+    assert "three_class" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["components", "watershed"])
+def test_3d_volume_gets_labels_and_table_without_coco(tmp_path, method):
+    run = make_run(tmp_path, intensity_model([20.0], [-10.0], dims=3), ClassInfo.binary(),
+                   NormalizeConfig(mode="fixed"))
+    volume = np.zeros((6, 20, 20), dtype=np.uint8)
+    volume[1:5, 3:9, 3:9] = 255
+    src = tmp_path / "in" / "vol.tif"
+    src.parent.mkdir()
+    tifffile.imwrite(src, volume)
+    out = tmp_path / "out"
+    args = ["predict", str(run), str(src), "--out", str(out), "--instances", "--instance-method", method]
+    assert main(args) == 0
+    labels = tifffile.imread(out / "vol_instances.tif")
+    assert labels.shape == (6, 20, 20) and labels.max() == 1 and (labels > 0).sum() == 4 * 6 * 6
+    assert (out / "vol_objects.csv").is_file() and not (out / "objects_coco.json").exists()

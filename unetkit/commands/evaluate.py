@@ -1,0 +1,60 @@
+"""``unetkit evaluate RUN DATA --out REPORT``: score a trained run on a labelled dataset folder.
+
+Writes ``per_image.csv``, ``summary.json``, ``report.md`` (metric table, worst images with their
+image | truth | prediction overlays) and ``masks/`` (the predictions, in the training masks' encoding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..data.io import DataError
+
+SHOWN = ("dice", "iou", "mean_iou", "precision", "recall", "pixel_error", "rand_error", "hd95")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a trained run on a labelled dataset folder",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run", help="run folder written by `unetkit train`")
+    parser.add_argument("data", help="dataset folder with images/ and masks/")
+    parser.add_argument("--out", help="report folder (default: RUN/eval-<data folder name>)")
+    parser.add_argument("--tta", action="store_true", help="average over flips and 90-degree rotations")
+    parser.add_argument("--no-masks", action="store_true", help="do not write the predicted masks")
+    parser.add_argument("--worst", type=int, default=4, help="worst images shown with overlays (default 4)")
+    parser.add_argument("--metric", help="metric that ranks the worst images (default: the run's monitor)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training.evaluation import evaluate_run
+
+    out = Path(args.out) if args.out else Path(args.run) / f"eval-{Path(args.data).resolve().name}"
+    try:
+        summary = evaluate_run(
+            args.run,
+            args.data,
+            out,
+            tta=args.tta,
+            save_masks=not args.no_masks,
+            worst=args.worst,
+            metric=args.metric,
+            progress=True,
+        )
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{summary['num_images']} images scored:")
+    for key in SHOWN:
+        if key in summary:
+            print(f"  {key:12s} {summary[key]:.4f}")
+    if "global_iou_per_class" in summary and len(summary["global_iou_per_class"]) > 2:
+        print(f"  mean IoU over the dataset {summary['global_iou']:.4f}")
+    print(f"report: {out / 'report.md'}  per image: {out / 'per_image.csv'}  summary: {out / 'summary.json'}")
+    return 0

@@ -1,0 +1,39 @@
+"""``unetkit plan DATA``: fingerprint the dataset and this machine and print the training plan and why."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..data.io import DataError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "plan", help="propose a training config for a dataset and say why", description=__doc__
+    )
+    parser.add_argument("data", help="training dataset folder (images/ + masks/)")
+    parser.add_argument("--val", help="validation dataset folder")
+    parser.add_argument("--max-minutes", type=float, help="time budget the plan must fit")
+    parser.add_argument("--save", help="also write the planned config here (.json or .yaml)")
+    parser.add_argument(
+        "--no-timing", action="store_true", help="skip timing a training step (epochs unplanned)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import save_config
+    from ..training.planner import plan_training
+
+    try:
+        plan = plan_training(
+            args.data, val_dir=args.val, max_minutes=args.max_minutes, measure=not args.no_timing
+        )
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(plan.format())
+    if args.save:
+        print(f"config written to {save_config(plan.config, args.save)}")
+    return 0

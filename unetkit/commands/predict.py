@@ -1,0 +1,232 @@
+"""``unetkit predict RUN INPUT... --out DIR``: segment image files with a trained run."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..data.classes import ClassInfo
+from ..data.io import DataError, is_image_path, is_volume_path, list_images, stem_of
+from ..instances import (
+    INSTANCE_METHODS,
+    CocoCollection,
+    InstanceConfig,
+    instances_from_foreground,
+    instances_from_three_class,
+    object_table,
+    save_instance_labels,
+    write_object_table,
+)
+from ..utils.atomic import atomic_path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="segment images with a trained run",
+        description=(
+            "Segment image files with the model of a RUN folder. Writes DIR/<stem>.png (TIFF for 3D, "
+            "256+ classes, or big TIFFs streamed tile by tile) in the encoding of the training masks."
+        ),
+    )
+    parser.add_argument("run", help="RUN folder written by `unetkit train` (model.json, model.safetensors)")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--save-probabilities", action="store_true",
+                        help="also write float32 per-class probabilities DIR/<stem>_prob.tif")
+    parser.add_argument("--overlay", action="store_true",
+                        help="also write a colour overlay DIR/<stem>_overlay.png (2D; middle slice for 3D)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing outputs (default: keep them)")
+    parser.add_argument("--channels", choices=("gray", "rgb"),
+                        help="convert images to 1 (gray) or 3 (rgb) channels to match the model")
+    parser.add_argument("--tile-size", type=int, help="input tile edge in pixels (default: from memory)")
+    parser.add_argument("--overlap", type=float,
+                        help="same-padding nets: tile overlap, a fraction (<1) or pixels (default 0.25)")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: flips and 90-degree turns")
+    parser.add_argument("--batch-size", type=int, help="tiles per forward pass (default: from memory)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
+    parser.add_argument("--instances", action="store_true",
+                        help="also separate objects: DIR/<stem>_instances.tif, DIR/<stem>_objects.csv and "
+                             "one DIR/objects_coco.json for all 2D inputs")
+    parser.add_argument("--instance-method", choices=INSTANCE_METHODS,
+                        help="watershed (default), components, or three_class (default for a run trained "
+                             "with --data.target three_class)")
+    parser.add_argument("--min-size", type=int, default=InstanceConfig.min_size,
+                        help="drop objects smaller than this many pixels "
+                             f"(default {InstanceConfig.min_size})")
+    parser.add_argument("--min-distance", type=int, default=InstanceConfig.min_distance,
+                        help="watershed: smallest distance between two object centres in pixels "
+                             f"(default {InstanceConfig.min_distance})")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime", "torchscript"), default="torch",
+                        help="runtime: torch, or the network exported to ONNX Runtime / TorchScript (CPU)")
+    parser.set_defaults(func=run)
+
+
+def collect_inputs(patterns: list[str]) -> tuple[list[Path], list[str]]:
+    """Files named by ``patterns`` (files, folders, globs), in order without repeats, and the problems."""
+    files: list[Path] = []
+    problems: list[str] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                problems.append(f"{path}: no image files in this folder")
+        elif path.is_file():
+            found = [path]
+        else:
+            found = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+            found = [p for p in found if is_image_path(p)]
+            if not found:
+                problems.append(f"{pattern}: no such file, folder, or matching image")
+        for f in found:
+            if f.resolve() not in {g.resolve() for g in files}:
+                files.append(f)
+    return files, problems
+
+
+def _save_overlay(path: Path, image: np.ndarray, labels: np.ndarray, colors) -> None:
+    from PIL import Image
+
+    from ..inference.files import overlay
+
+    if labels.ndim == 3:  # a volume: show the middle slice
+        middle = labels.shape[0] // 2
+        image, labels = image[:, middle], labels[middle]
+    with atomic_path(path) as tmp:
+        Image.fromarray(overlay(image, labels, colors)).save(tmp, format="PNG")
+
+
+def instance_config(args: argparse.Namespace, classes: ClassInfo) -> InstanceConfig:
+    """The instance route for this run: the 3-class route for a run trained on that target."""
+    method = args.instance_method or (
+        "three_class" if list(classes.names) == list(ClassInfo.three_class().names) else "watershed"
+    )
+    return InstanceConfig(method=method, min_size=args.min_size, min_distance=args.min_distance)
+
+
+def segment_objects(probabilities: np.ndarray, config: InstanceConfig) -> np.ndarray:
+    """Per-class probabilities ``(K, *S)`` -> instance labels ``(*S)`` by the configured route."""
+    if config.method == "three_class":
+        return instances_from_three_class(probabilities, config)
+    if probabilities.shape[0] != 2:
+        raise ValueError(
+            f"--instances with method {config.method!r} needs a binary (foreground) model; this one has "
+            f"{probabilities.shape[0]} classes (use a run trained with --data.target three_class)"
+        )
+    return instances_from_foreground(probabilities[1], config)
+
+
+def write_objects(out_dir: Path, stem: str, result, config: InstanceConfig) -> np.ndarray:
+    """Write ``<stem>_instances.tif`` and ``<stem>_objects.csv``; return the label image."""
+    labels = segment_objects(result.probabilities, config)
+    save_instance_labels(out_dir / f"{stem}_instances.tif", labels)
+    write_object_table(out_dir / f"{stem}_objects.csv", object_table(labels, result.image))
+    return labels
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from ..export import predictor_for
+    from ..inference.files import default_classes, streams
+
+    try:
+        predictor = predictor_for(
+            args.run, args.backend, tile_size=args.tile_size, overlap=args.overlap, tta=args.tta,
+            batch_size=args.batch_size, device=args.device, progress=True,
+        )
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    classes = predictor.classes or default_classes(predictor.num_classes)
+    out_dir = Path(args.out)
+    files, failures = collect_inputs(args.inputs)
+    inputs = {f.resolve() for f in files}
+    counts = np.zeros(predictor.num_classes, dtype=np.int64)
+    done = skipped = 0
+    stems: set[str] = set()
+    objects_config = instance_config(args, classes) if args.instances else None
+    coco = CocoCollection()
+
+    def report(message: str) -> None:
+        tqdm.write(message, file=sys.stderr)
+
+    for src in tqdm(files, unit="file", desc="files", disable=len(files) < 2):
+        stem = stem_of(src)
+        if stem in stems:
+            failures.append(f"{src}: another input has the same name {stem!r}; predict it into another --out")
+            report(f"FAILED {failures[-1]}")
+            continue
+        stems.add(stem)
+        big_3d = is_volume_path(src) or classes.num_classes > 256
+        mask = out_dir / f"{stem}{'.tif' if big_3d else '.png'}"
+        if streams(predictor, src, mask):
+            mask = mask.with_suffix(".tif")
+        prob = out_dir / f"{stem}_prob.tif" if args.save_probabilities else None
+        over = out_dir / f"{stem}_overlay.png" if args.overlay else None
+        objects = out_dir / f"{stem}_instances.tif" if objects_config else None
+        outputs = [p for p in (mask, prob, over, objects) if p is not None]
+        clash = [p for p in outputs if p.resolve() in inputs]
+        if clash:
+            failures.append(f"{src}: output {clash[0]} is an input file; choose another --out")
+            report(f"FAILED {failures[-1]}")
+            continue
+        existing = [p for p in outputs if p.exists()]
+        if existing and not args.overwrite:
+            report(f"skipped {src}: {existing[0]} exists (use --overwrite to replace it)")
+            skipped += 1
+            continue
+        try:
+            result = predictor.predict_file(src, mask, probabilities=prob, channels=args.channels)
+            if over is not None:
+                if result.labels is None:
+                    report(f"note: {src} was streamed (too big for memory); no overlay written")
+                else:
+                    _save_overlay(over, result.image, result.labels, classes.colors)
+            if objects_config is not None:
+                if result.probabilities is None:
+                    report(f"note: {src} was streamed (too big for memory); no objects written")
+                else:
+                    instances = write_objects(out_dir, stem, result, objects_config)
+                    if instances.ndim == 2:
+                        coco.add(src.name, instances)
+                    report(f"{src}: {int(instances.max())} objects")
+        except (DataError, ValueError, OSError) as exc:
+            message = str(exc) if str(src) in str(exc) else f"{src}: {exc}"
+            failures.append(message)
+            report(f"FAILED {message}")
+            continue
+        done += 1
+        counts += result.class_counts
+        if result.class_counts[1:].sum() == 0:
+            report(f"warning: {src}: every pixel predicted as {classes.names[0]!r}")
+    if coco.images:
+        coco.write(out_dir / "objects_coco.json")
+    print(summary(done, skipped, failures, counts, classes.names, out_dir))
+    return 1 if failures or not (done or skipped) else 0
+
+
+def summary(done: int, skipped: int, failures: list[str], counts: np.ndarray, names: list[str],
+            out_dir: Path) -> str:
+    """The end-of-run report: files done / skipped / failed and the share of pixels per class."""
+    lines = [f"predicted {done} file(s) into {out_dir}, skipped {skipped} (already there), "
+             f"failed {len(failures)}"]
+    total = int(counts.sum())
+    if total:
+        lines.append("pixels per class:")
+        width = max(len(n) for n in names)
+        for name, count in zip(names, counts):
+            lines.append(f"  {name:<{width}}  {100.0 * count / total:6.2f} %")
+        if counts[1:].sum() == 0:
+            lines.append(f"warning: no foreground at all: every pixel is {names[0]!r}; check the model, "
+                         "the channels and the normalisation")
+    for failure in failures:
+        lines.append(f"failed: {failure}")
+    return "\n".join(lines)

@@ -1,0 +1,67 @@
+"""``unetkit serve RUN``: the segmentation web service and its page, on 127.0.0.1 by default."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+
+from ..export import BACKENDS
+from ..serve.uploads import MB, Limits
+
+LOOPBACK = "127.0.0.1"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a trained model over HTTP, with a web page",
+        description=(
+            "Serve the model of a RUN folder (or an exported .onnx / .torchscript.pt file with --backend): "
+            "GET /health, GET /model, POST /predict (multipart field 'file'), and a web page at /."
+        ),
+    )
+    parser.add_argument("run", help="RUN folder written by `unetkit train`, or a file from `unetkit export`")
+    parser.add_argument("--host", default=LOOPBACK, help="address (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="runtime (default: torch)")
+    parser.add_argument("--max-mb", type=float, default=50.0, help="largest upload in MB (default: 50)")
+    parser.add_argument(
+        "--max-pixels", type=int, default=Limits.max_pixels, help="largest width x height (default: 40M)"
+    )
+    parser.add_argument("--queue", type=int, default=16, help="requests queued or running (default: 16)")
+    parser.add_argument("--workers", type=int, default=1, help="prediction threads (default: 1)")
+    parser.add_argument("--tile-size", type=int, default=None, help="tile edge (default: from the memory)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ..export import predictor_for
+    from ..serve import ServeOptions, create_app
+
+    if not _is_loopback(args.host):
+        print(
+            f"warning: binding {args.host} exposes the server beyond this machine; it has no authentication",
+            file=sys.stderr,
+        )
+    try:
+        predictor = predictor_for(args.run, args.backend, tile_size=args.tile_size)
+        options = ServeOptions(
+            limits=Limits(max_bytes=int(args.max_mb * MB), max_pixels=args.max_pixels),
+            queue_size=args.queue, workers=args.workers, backend=args.backend,
+        )
+        app = create_app(predictor, options)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -1,0 +1,27 @@
+"""Reading, checking, augmenting and sampling the user's images and masks."""
+
+from .classes import ClassInfo
+from .dataset import (
+    CheckReport,
+    PatchDataset,
+    Sample,
+    check_dataset,
+    default_num_workers,
+    detect_classes,
+    find_samples,
+    load_sample,
+    split_samples,
+)
+from .io import IMAGE_SUFFIXES, DataError, is_volume_path, read_image, read_label_image
+from .normalize import NormalizeConfig, normalize_image
+from .synthetic import make_synthetic_cells, write_synthetic_dataset
+from .transforms import AugmentConfig, Augmenter
+from .weights import BorderWeightConfig, border_weight_map
+
+__all__ = [
+    "IMAGE_SUFFIXES", "AugmentConfig", "Augmenter", "BorderWeightConfig", "CheckReport", "ClassInfo",
+    "DataError", "NormalizeConfig", "PatchDataset", "Sample", "border_weight_map", "check_dataset",
+    "default_num_workers", "detect_classes", "find_samples", "is_volume_path", "load_sample",
+    "make_synthetic_cells", "normalize_image", "read_image", "read_label_image", "split_samples",
+    "write_synthetic_dataset",
+]

@@ -1,0 +1,297 @@
+"""The :class:`Predictor`: a trained network applied to images of any size, tile by tile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..activation import logits_to_probabilities, num_output_classes, probabilities_to_labels
+from ..checkpoint import load_model
+from .memory import auto_tile_and_batch
+from .tiling import BLEND_MODES, ArraySource, RegionSource, blend_tiles, blend_window, plan_tiles
+from .tta import symmetries
+
+CLASSES_FILE = "classes.json"
+CONFIG_FILE = "config.json"
+DEFAULT_OVERLAP = 0.25
+CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
+
+TileSize = Union[int, Sequence[int], None]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Predictor:
+    """Segment images of any size with a trained network.
+
+    Args:
+        model_or_run: a network from :mod:`unetkit.models` or a RUN folder (see :meth:`from_run`).
+        tile_size: input tile edge (one int for every axis, or one per axis); ``None`` picks
+            the largest that fits the memory (:func:`~unetkit.inference.memory.auto_tile_and_batch`).
+            Rounded down to a size the network accepts.
+        overlap: same-padding nets only: the overlap of neighbouring tiles, a fraction of the
+            tile below 1 (MONAI's convention) or pixels from 1 up; default 0.25. Valid-padding
+            nets always use the paper's overlap-tile strategy and need no overlap.
+        tta: average the predictions over flips and 90-degree rotations (:mod:`.tta`).
+        batch_size: tiles per forward pass; ``None`` picks from the memory.
+        device: ``"cpu"``, ``"cuda"``...; default: where the model is (for a RUN folder: CUDA
+            when available). The model is moved there.
+        normalize: a ``NormalizeConfig`` applied to every image before prediction; ``None``
+            means the images are already normalised float arrays.
+        blend: same-padding nets: ``"gaussian"`` (default), ``"linear"`` or ``"constant"``.
+        sigma_scale: Gaussian window sigma as a fraction of the tile (0.125, as MONAI).
+        classes: the ``ClassInfo`` of the training data (names, colours, mask encoding).
+        progress: show a progress bar over the tiles of each image.
+
+    Arrays go in channel-first: ``(H, W)`` or ``(C, H, W)`` for a 2D network, ``(D, H, W)``
+    or ``(C, D, H, W)`` for a 3D one. The network runs in eval mode and is put back in the
+    mode it was in afterwards, so a training loop can validate with a Predictor.
+    """
+
+    def __init__(
+        self,
+        model_or_run: Union[nn.Module, str, Path],
+        *,
+        tile_size: TileSize = None,
+        overlap: Optional[float] = None,
+        tta: bool = False,
+        batch_size: Optional[int] = None,
+        device: Union[str, torch.device, None] = None,
+        normalize: Any = None,
+        blend: str = "gaussian",
+        sigma_scale: float = 0.125,
+        classes: Any = None,
+        progress: bool = False,
+    ) -> None:
+        if isinstance(model_or_run, (str, Path)):
+            run = Predictor.from_run(model_or_run)
+            model_or_run = run.model
+            normalize = run.normalize if normalize is None else normalize
+            classes = run.classes if classes is None else classes
+        if blend not in BLEND_MODES:
+            raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
+        if overlap is not None and overlap < 0:
+            raise ValueError(f"overlap must be >= 0 (a fraction below 1, or pixels), got {overlap}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.device = torch.device(device) if device is not None else model_device(model_or_run)
+        self.model = model_or_run.to(self.device)
+        self.dims = self.model.spatial_dims
+        self.tile_size = self._tile_tuple(tile_size)
+        self.overlap = DEFAULT_OVERLAP if overlap is None else float(overlap)
+        self.tta = tta
+        self.batch_size = batch_size
+        self.normalize = normalize
+        self.blend = "constant" if self.model.context() > 0 else blend
+        self.sigma_scale = sigma_scale
+        self.classes = classes
+        self.progress = progress
+
+    @classmethod
+    def from_run(cls, run_dir: Union[str, Path], **kwargs: Any) -> Predictor:
+        """A predictor for a RUN folder written by ``unetkit train``.
+
+        Reads the network (``model.json`` + ``model.safetensors``), ``classes.json`` (the
+        ``ClassInfo``) and ``config.json["data"]["normalize"]`` (the ``NormalizeConfig``)
+        when they are there. Keyword arguments go to :class:`Predictor`.
+        """
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise FileNotFoundError(
+                f"{run_dir} is not a folder: give the RUN folder written by `unetkit train` "
+                "(it holds model.json and model.safetensors)"
+            )
+        model = load_model(run_dir)
+        if kwargs.get("device") is None:
+            kwargs["device"] = default_device()
+        classes_path = run_dir / CLASSES_FILE
+        if classes_path.is_file() and kwargs.get("classes") is None:
+            from ..data.classes import ClassInfo
+
+            kwargs["classes"] = ClassInfo.from_dict(_read_json(classes_path))
+        config_path = run_dir / CONFIG_FILE
+        if config_path.is_file() and kwargs.get("normalize") is None:
+            normalize = _read_json(config_path).get("data", {}).get("normalize")
+            if normalize is not None:
+                from ..data.normalize import NormalizeConfig
+
+                kwargs["normalize"] = NormalizeConfig.from_dict(normalize)
+        return cls(model, **kwargs)
+
+    # ----------------------------------------------------------------- shapes
+    def _tile_tuple(self, tile_size: TileSize) -> Optional[tuple[int, ...]]:
+        if tile_size is None:
+            return None
+        if isinstance(tile_size, (int, np.integer)):
+            tile_size = (int(tile_size),) * self.dims
+        sizes = tuple(int(s) for s in tile_size)
+        if len(sizes) != self.dims or min(sizes) < 1:
+            raise ValueError(f"tile_size must be a positive int or {self.dims} ints, got {tile_size!r}")
+        return sizes
+
+    @property
+    def in_channels(self) -> int:
+        return self.model.config.in_channels
+
+    @property
+    def num_classes(self) -> int:
+        """Classes in the output of :meth:`predict_proba` (2 for a one-channel binary head)."""
+        return num_output_classes(self.model.config.num_classes)
+
+    def as_channels_first(self, image: np.ndarray) -> np.ndarray:
+        """``(*S)`` or ``(C, *S)`` -> ``(C, *S)``; raise ``ValueError`` saying what the model takes."""
+        image = np.asarray(image)
+        if image.ndim == self.dims:
+            image = image[None]
+        if image.ndim != self.dims + 1:
+            layouts = "(D, H, W) or (C, D, H, W)" if self.dims == 3 else "(H, W) or (C, H, W)"
+            raise ValueError(f"a {self.dims}D network takes {layouts} arrays, got shape {image.shape}")
+        if image.shape[0] != self.in_channels:
+            raise ValueError(channel_mismatch_message(image.shape[0], self.in_channels))
+        return image
+
+    def check_channels(self, channels: int) -> None:
+        """Raise the ``ValueError`` of :func:`channel_mismatch_message` if ``channels`` is wrong."""
+        if channels != self.in_channels:
+            raise ValueError(channel_mismatch_message(channels, self.in_channels))
+
+    # ------------------------------------------------------------- prediction
+    def predict_proba(self, image: np.ndarray) -> np.ndarray:
+        """Per-class probabilities, float32 ``(K, *S)`` (``K = 2`` for a binary one-channel head)."""
+        image = self.as_channels_first(image)
+        if self.normalize is not None:
+            image = self._normalize(image)
+        image = np.ascontiguousarray(image, dtype=np.float32)
+        probs = np.empty((self.model.config.num_classes, *image.shape[1:]), dtype=np.float32)
+        for start, stop, block in self.iter_proba(ArraySource(image)):
+            probs[:, start:stop] = block
+        return expand_binary(probs)
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """Class ids, int64 ``(*S)``."""
+        return self.labels_from_blocks(self.predict_proba(image))
+
+    def predict_file(
+        self,
+        src: Union[str, Path],
+        dst: Union[str, Path],
+        *,
+        probabilities: Union[str, Path, None] = None,
+        channels: Optional[str] = None,
+        stream: Optional[bool] = None,
+    ):
+        """Predict the image file ``src``; write the mask to ``dst`` in the training encoding.
+
+        ``probabilities``: also write float32 probabilities there (TIFF). ``channels``:
+        ``"gray"`` or ``"rgb"`` converts the image to what the model takes. A 2D TIFF is
+        streamed (read and written tile by tile, the mask as a tiled TIFF, memory following
+        the tile band rather than the image) when ``dst`` is a TIFF or the image is big;
+        ``stream`` forces either way. Returns a :class:`~unetkit.inference.files.PredictionResult`.
+        """
+        from .files import predict_file
+
+        return predict_file(self, src, dst, probabilities=probabilities, channels=channels, stream=stream)
+
+    @staticmethod
+    def labels_from_blocks(probs: np.ndarray) -> np.ndarray:
+        """``(K, *S)`` probabilities -> int64 class ids ``(*S)`` (via :mod:`unetkit.activation`)."""
+        return probabilities_to_labels(torch.from_numpy(probs)[None])[0].numpy()
+
+    def _normalize(self, image: np.ndarray) -> np.ndarray:
+        from ..data.normalize import normalize_image
+
+        return normalize_image(image, self.normalize)
+
+    def plan(self, shape: Sequence[int]):
+        """The :class:`~unetkit.inference.tiling.TilePlan` and batch size for a spatial ``shape``."""
+        tile, batch = auto_tile_and_batch(self.model, shape, self.device, self.tile_size, self.batch_size)
+        plan = plan_tiles(self.model, shape, tile, self.overlap)
+        return plan, min(batch, len(plan))
+
+    def iter_proba(
+        self,
+        source: RegionSource,
+        prepare: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+    ) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Stream the network's probabilities over ``source`` in slabs along the first axis.
+
+        Yields ``(start, stop, block)``, ``block`` float32 ``(K', stop - start, *S[1:])`` with
+        ``K'`` the network's output channels (1 for a binary head: the foreground). The
+        input boxes are ``prepare``-d (e.g. normalised) after reading.
+        """
+        self.check_channels(source.shape[0])
+        plan, batch_size = self.plan(source.shape[1:])
+        window_np = blend_window(plan, self.blend, self.sigma_scale)
+        window = torch.from_numpy(window_np).to(self.device)
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(plan), unit="tile", leave=False, desc="tiles")
+
+        def predict_batch(batch: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return self._forward(batch).mul_(window).cpu().numpy()
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield from blend_tiles(
+                source, plan, predict_batch, window_np, self.model.config.num_classes, batch_size,
+                prepare=prepare, on_batch=bar.update if bar is not None else None,
+            )
+        finally:
+            self.model.train(was_training)
+            if bar is not None:
+                bar.close()
+
+    def _forward(self, batch: np.ndarray) -> torch.Tensor:
+        """Probabilities ``(N, K', *out)`` for a tile batch ``(N, C, *in)``, averaged over TTA."""
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+            if self.device.type == "cpu":
+                # oneDNN convolutions run about twice as fast on channels-last input (the weights
+                # follow the input's layout, so the caller's model is left as it is).
+                x = x.contiguous(memory_format=CHANNELS_LAST[self.dims])
+            if not self.tta:
+                return logits_to_probabilities(self.model(x))
+            total = None
+            transforms = symmetries(self.dims)
+            for sym in transforms:
+                probs = sym.invert(logits_to_probabilities(self.model(sym.apply(x))))
+                total = probs if total is None else total.add_(probs)
+            return total.div_(len(transforms))
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's weights are (the CPU for a network without torch parameters, e.g. exported)."""
+    parameters = getattr(model, "parameters", None)
+    first = next(parameters(), None) if callable(parameters) else None
+    return first.device if first is not None else torch.device("cpu")
+
+
+def expand_binary(probs: np.ndarray) -> np.ndarray:
+    """``(1, *S)`` foreground probabilities -> ``(2, *S)`` (background, foreground); others unchanged."""
+    if probs.shape[0] != 1:
+        return probs
+    return np.concatenate([1.0 - probs, probs], axis=0)
+
+
+def channel_mismatch_message(got: int, expected: int) -> str:
+    hint = {1: "grayscale (--channels gray)", 3: "RGB (--channels rgb)"}.get(expected)
+    fix = f"convert the image to {hint}" if hint else f"give images with {expected} channels"
+    return f"the image has {got} channel(s) but the model expects {expected}: {fix}"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); re-create it or the RUN folder") from exc

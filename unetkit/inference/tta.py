@@ -1,0 +1,47 @@
+"""Test-time augmentation: the flips and 90-degree rotations of the image plane.
+
+In 2D the 8 symmetries of the square (4 rotations, each with and without a flip); in 3D
+the same 8 in the ``(H, W)`` plane, each with and without a flip along ``D`` (16): volumes
+are often anisotropic, so ``D`` is never rotated into the plane. Predictions are mapped
+back and averaged in probability space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Symmetry:
+    """``rot90`` by ``turns`` in the last two axes after an optional flip of the last axis
+    (and, in 3D, of the depth axis)."""
+
+    turns: int
+    flip: bool
+    flip_depth: bool = False
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Transform a batch ``(N, C, *S)``."""
+        if self.flip_depth:
+            x = x.flip(-3)
+        if self.flip:
+            x = x.flip(-1)
+        return torch.rot90(x, self.turns, dims=(-2, -1)) if self.turns else x
+
+    def invert(self, y: torch.Tensor) -> torch.Tensor:
+        """Map an output batch ``(N, K, *S)`` of the transformed input back."""
+        if self.turns:
+            y = torch.rot90(y, -self.turns, dims=(-2, -1))
+        if self.flip:
+            y = y.flip(-1)
+        return y.flip(-3) if self.flip_depth else y
+
+
+def symmetries(dims: int) -> list[Symmetry]:
+    """All TTA transforms for ``dims`` spatial axes (the identity first)."""
+    plane = [Symmetry(turns, flip) for flip in (False, True) for turns in range(4)]
+    if dims == 2:
+        return plane
+    return plane + [Symmetry(s.turns, s.flip, True) for s in plane]

@@ -1,0 +1,301 @@
+"""The FastAPI app: ``GET /health``, ``GET /model``, ``POST /predict`` and the web page at ``/``.
+
+The model is loaded once, when the app is built. Each upload is read under a byte limit,
+decoded and predicted on a worker thread of a :class:`~.jobs.BoundedQueue` (503 with
+``Retry-After`` when it is full), so the event loop never blocks and a burst cannot exhaust
+memory. Every error is a 4xx/5xx JSON ``{"detail": "..."}``; nothing from a request is used
+as a filesystem path (the upload's file name is ignored).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+import tempfile
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Optional
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import HTTPException
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from .. import __version__
+from ..activation import probabilities_to_labels
+from ..data.classes import ClassInfo, default_colors
+from ..export import valid_size_rule
+from ..inference.files import default_classes
+from .jobs import BoundedQueue, QueueFull
+from .objects import measure_objects
+from .uploads import Limits, UploadError, decode_upload, match_channels
+
+STATIC = Path(__file__).parent / "static"
+# Room for the multipart boundaries and part headers around the file itself.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+@dataclass
+class ServeOptions:
+    """Server settings: upload limits, queue capacity and worker threads, the backend's name."""
+
+    limits: Limits = field(default_factory=Limits)
+    queue_size: int = 16
+    workers: int = 1
+    backend: str = "torch"
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            413, f"the request body is over the server's limit of {limit / 2**20:.1f} MB: "
+            "upload a smaller image"
+        )
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over ``max_bytes`` (by Content-Length, or while reading)."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            error = BodyTooLarge(self.max_bytes)
+            await JSONResponse({"detail": error.detail}, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise BodyTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def png_base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+class Segmenter:
+    """The prediction work of one request, run on a queue worker: decode, predict, encode."""
+
+    def __init__(self, predictor: Any, limits: Limits) -> None:
+        self.predictor = predictor
+        self.tta_predictor = copy.copy(predictor)
+        self.tta_predictor.tta = True
+        self.limits = limits
+        self.classes: ClassInfo = predictor.classes or default_classes(predictor.num_classes)
+        self.binary = predictor.model.config.num_classes == 1
+
+    def labels(self, data: bytes, threshold: float, tta: bool) -> np.ndarray:
+        """Class ids ``(H, W)`` for the uploaded bytes."""
+        image = match_channels(decode_upload(data, self.limits), self.predictor.in_channels)
+        probs = (self.tta_predictor if tta else self.predictor).predict_proba(image)
+        if self.binary:  # the threshold applies to the foreground probability
+            probs = probs[1:]
+        return probabilities_to_labels(torch.from_numpy(probs)[None], threshold)[0].numpy()
+
+    def mask_png(self, labels: np.ndarray) -> tuple[bytes, str]:
+        """The mask file in the training masks' encoding (``ClassInfo.save_mask``) and its media type."""
+        with tempfile.TemporaryDirectory(prefix="unetkit-serve-") as folder:
+            path = self.classes.save_mask(Path(folder) / "mask.png", labels)
+            media = "image/png" if path.suffix == ".png" else "image/tiff"
+            return path.read_bytes(), media
+
+    def overlay_colors(self) -> np.ndarray:
+        """``(K, 3)`` uint8 overlay colours: the class colours, with greys (e.g. a binary mask's
+        white, invisible over bright objects) replaced by distinct hues."""
+        hues = default_colors(self.classes.num_classes + 2)[2:]
+        colors = [
+            hues[i] if len(set(color)) == 1 else color for i, color in enumerate(self.classes.colors or [])
+        ]
+        return np.array(colors, dtype=np.uint8)
+
+    def overlay_png(self, labels: np.ndarray) -> bytes:
+        """RGBA PNG ``(H, W, 4)``: each class in its overlay colour, background transparent."""
+        from PIL import Image
+
+        colors = self.overlay_colors()
+        rgba = np.zeros(labels.shape + (4,), dtype=np.uint8)
+        known = (labels > 0) & (labels < len(colors))
+        rgba[known, :3] = colors[labels[known]]
+        rgba[known, 3] = 255
+        buffer = io.BytesIO()
+        Image.fromarray(rgba).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    def mask_response(self, data: bytes, threshold: float, tta: bool) -> tuple[bytes, str]:
+        return self.mask_png(self.labels(data, threshold, tta))
+
+    def objects_response(self, data: bytes, threshold: float, tta: bool, include_masks: bool) -> dict:
+        labels = self.labels(data, threshold, tta)
+        objects = measure_objects(labels, self.classes)
+        result: dict[str, Any] = {
+            "width": int(labels.shape[1]),
+            "height": int(labels.shape[0]),
+            "count": len(objects),
+            "objects": objects,
+        }
+        if include_masks:
+            mask, media = self.mask_png(labels)
+            result["mask"] = {"media_type": media, "base64": png_base64(mask)}
+            result["overlay_png"] = png_base64(self.overlay_png(labels))
+        return result
+
+
+def create_app(predictor: Any, options: Optional[ServeOptions] = None) -> FastAPI:
+    """The app serving ``predictor`` (a :class:`~unetkit.inference.Predictor`, model loaded already)."""
+    options = options or ServeOptions()
+    limits = options.limits
+    segmenter = Segmenter(predictor, limits)
+    queue = BoundedQueue(options.queue_size, options.workers)
+    model = predictor.model
+    model_info = {
+        "model": model.config.to_dict(),
+        "classes": segmenter.classes.to_dict(),
+        "in_channels": predictor.in_channels,
+        "num_classes": predictor.num_classes,
+        "valid_sizes": valid_size_rule(model),
+        "normalize": predictor.normalize.to_dict() if predictor.normalize is not None else None,
+        "backend": options.backend,
+        "limits": limits.to_dict(),
+        "queue_size": options.queue_size,
+    }
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        queue.shutdown()
+
+    app = FastAPI(title="unetkit", version=__version__, summary="Segment uploaded images", lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_bytes + MULTIPART_OVERHEAD)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(_: Request, exc: QueueFull) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"{exc}: the server is busy"}, status_code=503,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
+
+    @app.exception_handler(UploadError)
+    async def bad_upload(_: Request, exc: UploadError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(ValueError)
+    async def bad_value(_: Request, exc: ValueError) -> JSONResponse:
+        # The predictor's own checks (e.g. an image smaller than the model can tile).
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}): {exc}"}, status_code=500)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/health")
+    async def health() -> dict:
+        """Liveness, and how full the prediction queue is."""
+        return {"status": "ok", "queue": {"pending": queue.pending, "capacity": queue.capacity}}
+
+    @app.get("/model")
+    async def model_endpoint() -> dict:
+        """Model config, classes, input channels, valid sizes, normalisation, limits."""
+        return model_info
+
+    @app.post(
+        "/predict",
+        responses={200: {"content": {"image/png": {}, "application/json": {}}}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"multipart/form-data": {"schema": {
+                    "type": "object", "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }}},
+            }
+        },
+    )
+    async def predict(
+        request: Request,
+        threshold: float = Query(0.5, gt=0.0, lt=1.0, description="foreground threshold (binary models)"),
+        tta: bool = Query(False, description="average over flips and 90-degree rotations"),
+        instances: bool = Query(False, description="JSON with per-object measurements and boxes"),
+        include_masks: bool = Query(False, description="with instances: add the mask and an overlay, base64"),
+    ) -> Response:
+        """Segment one image uploaded as the multipart field ``file``.
+
+        Returns the mask PNG (same encoding as the training masks), or with ``instances=true``
+        JSON ``{"count", "objects": [{"id", "class", "area", "box", "centroid"}], ...}``.
+        """
+        form = await request.form(max_files=1, max_fields=4)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise UploadError(400, "no file in the request: upload the image as the multipart field 'file'")
+        data = await upload.read(limits.max_bytes + 1)
+        await form.close()
+        if instances:
+            result = await queue.run(segmenter.objects_response, data, threshold, tta, include_masks)
+            return Response(json.dumps(result), media_type="application/json")
+        mask, media = await queue.run(segmenter.mask_response, data, threshold, tta)
+        name = "mask.png" if media == "image/png" else "mask.tif"
+        disposition = f'attachment; filename="{name}"'
+        return Response(mask, media_type=media, headers={"Content-Disposition": disposition})
+
+    app.state.queue = queue
+    app.state.segmenter = segmenter
+    return app
+
+
+class BackgroundServer:
+    """Run ``app`` under uvicorn on a loopback port in a thread (tests, benchmarks, notebooks).
+
+    ``with BackgroundServer(app) as url: ...``; ``port=0`` picks a free port. Only loopback
+    addresses are accepted here.
+    """
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
+        import ipaddress
+
+        import uvicorn
+
+        if not ipaddress.ip_address(host).is_loopback:
+            raise ValueError(f"BackgroundServer binds loopback addresses only, got {host!r}")
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        self.host = host
+        self._thread: Optional[threading.Thread] = None
+
+    def __enter__(self) -> str:
+        self._thread = threading.Thread(target=self.server.run, name="unetkit-serve", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the background server did not start (see the log above)")
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://{self.host}:{port}"
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=30)

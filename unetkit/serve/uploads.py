@@ -1,0 +1,121 @@
+"""Uploaded bytes -> a channel-first image, refusing what would hurt the server.
+
+Checks, in order: the byte size, that Pillow recognises the format, the pixel count and the
+longest side from the header alone (a decompression bomb is refused before it is decoded),
+one frame only, then the full decode (a truncated file fails here). Nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data.io import _drop_opaque_alpha, _read_pil
+
+MB = 1024 * 1024
+# Pillow plugins tried on uploads; formats that need outside programs (EPS: Ghostscript) are not.
+FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
+FORMATS_HINT = "PNG, JPEG, TIFF or BMP"
+
+
+@dataclass
+class Limits:
+    """What one upload may be: bytes, pixels (width x height) and the longest side."""
+
+    max_bytes: int = 50 * MB
+    max_pixels: int = 40_000_000
+    max_side: int = 20_000
+
+    def to_dict(self) -> dict[str, int]:
+        return {"max_bytes": self.max_bytes, "max_pixels": self.max_pixels, "max_side": self.max_side}
+
+
+class UploadError(ValueError):
+    """A bad upload: ``status`` is the HTTP status (4xx), the message says what is wrong and the fix."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def decode_upload(data: bytes, limits: Limits) -> np.ndarray:
+    """Decode an uploaded 2D image to ``(C, H, W)`` (dtype kept; palette -> RGB; opaque alpha dropped)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise UploadError(400, "the uploaded file is empty: upload an image file in the field 'file'")
+    if len(data) > limits.max_bytes:
+        raise UploadError(
+            413, f"the file is {len(data) / MB:.1f} MB, over the server's limit of "
+            f"{limits.max_bytes / MB:.1f} MB: upload a smaller image (or serve with a larger --max-mb)"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=FORMATS) as header:
+                width, height = header.size
+                frames = getattr(header, "n_frames", 1)
+    except UnidentifiedImageError:
+        raise UploadError(415, f"the file is not an image this server reads: upload {FORMATS_HINT}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UploadError(
+            413, "the image has more pixels than the server decodes (decompression bomb check): "
+            "upload a smaller image"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UploadError(400, f"the image header cannot be read ({exc}): re-export the image") from None
+    check_dimensions(width, height, limits)
+    if frames != 1:
+        raise UploadError(
+            422, f"the file holds {frames} frames or pages; the server segments single 2D images: upload one "
+            "page (use `unetkit predict` for stacks and volumes)"
+        )
+    try:
+        # The bytes start with the magic of one of FORMATS (checked above), so the shared reader,
+        # which opens without a format list, picks that same plugin.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            array = _drop_opaque_alpha(_read_pil(io.BytesIO(data), palette_to_rgb=True))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as exc:
+        raise UploadError(
+            400, f"the image is truncated or damaged ({exc}): upload the complete file"
+        ) from None
+    return np.ascontiguousarray(array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0))
+
+
+def check_dimensions(width: int, height: int, limits: Limits) -> None:
+    """Raise a 413 :class:`UploadError` if ``width x height`` is over the pixel or side limit."""
+    if width < 1 or height < 1:
+        raise UploadError(400, f"the image is {width} x {height} pixels: upload an image with pixels")
+    if max(width, height) > limits.max_side:
+        raise UploadError(
+            413, f"the image is {width} x {height} pixels; the longest side may be {limits.max_side}: "
+            "crop or downscale it (or use `unetkit predict`, which streams big files)"
+        )
+    if width * height > limits.max_pixels:
+        raise UploadError(
+            413, f"the image has {width * height:,} pixels ({width} x {height}), over the server's limit of "
+            f"{limits.max_pixels:,}: crop or downscale it (or use `unetkit predict`, which streams big files)"
+        )
+
+
+def match_channels(image: np.ndarray, expected: int) -> np.ndarray:
+    """Give ``(C, H, W)`` the model's channel count, or raise a 422 :class:`UploadError`.
+
+    The one conversion made is lossless: an RGB image whose three channels are equal (a grey
+    image saved as RGB) becomes one channel for a one-channel model.
+    """
+    channels = image.shape[0]
+    if channels == expected:
+        return image
+    grey_as_rgb = channels == 3 and np.array_equal(image[0], image[1]) and np.array_equal(image[0], image[2])
+    if expected == 1 and grey_as_rgb:
+        return image[:1]
+    names = {1: "grayscale", 2: "grayscale + alpha", 3: "RGB", 4: "RGBA"}
+    raise UploadError(
+        422, f"the image has {channels} channel(s) ({names.get(channels, 'multi-channel')}) but the model "
+        f"expects {expected} ({names.get(expected, 'multi-channel')}): convert the image and upload it again"
+    )

@@ -1,0 +1,216 @@
+"""Whole-image scoring shared by validation during training and ``unetkit evaluate``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import numpy as np
+
+from ..config import monitor_mode
+from ..metrics import best_rand_error, rand_errors_by_threshold, segmentation_metrics, summarize
+from ..utils.atomic import atomic_write_json, atomic_write_text
+from .reporting import markdown_table, save_overlay, write_csv
+
+#: Columns of the report tables, in this order when present.
+REPORT_COLUMNS = (
+    "dice", "iou", "precision", "recall", "pixel_error", "rand_error", "rand_error_best", "hd95", "mean_iou",
+)
+
+
+@dataclass
+class Scored:
+    """One scored image: its name, the normalised image ``(C, *S)``, truth and prediction ``(*S)``,
+    and for two-class problems its Rand error at each ISBI threshold ``(T,)``."""
+
+    name: str
+    image: np.ndarray
+    truth: np.ndarray
+    pred: np.ndarray
+    metrics: dict[str, Any]
+    rand_sweep: Optional[np.ndarray] = None
+
+
+def to_data_labels(pred: np.ndarray, target: str) -> np.ndarray:
+    """Map the network's classes to the dataset's: a ``three_class`` net (background / interior /
+    border) predicts foreground wherever it predicts interior or border."""
+    if target == "three_class":
+        return (pred > 0).astype(np.int64)
+    return pred
+
+
+def score_images(
+    predictor: Any,
+    items: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    classes: Any,
+    *,
+    target: str = "semantic",
+    spacing: Optional[Sequence[float]] = None,
+    rand_sweep: bool = True,
+) -> list[Scored]:
+    """Predict each ``(name, image (C, *S) normalised, truth (*S))`` with ``predictor`` and score it.
+
+    With ``rand_sweep`` two-class problems also get their Rand error at each ISBI threshold, from
+    which :func:`summary_of` reports ``rand_error_best`` / ``rand_threshold`` (the ISBI 2012
+    protocol, :func:`~unetkit.metrics.best_rand_error`; skipped in per-epoch validation for speed).
+    """
+    scored = []
+    binary = classes.num_classes == 2 and target == "semantic"
+    for name, image, truth in items:
+        probs = predictor.predict_proba(image)
+        pred = to_data_labels(predictor.labels_from_blocks(probs), target)
+        metrics = segmentation_metrics(
+            pred,
+            truth,
+            classes.num_classes,
+            ignore_index=classes.ignore_index,
+            spacing=spacing,
+            class_names=classes.names,
+        )
+        if binary and rand_sweep:
+            ignore = classes.ignore_index
+            keep = np.ones(truth.shape, bool) if ignore is None else truth != ignore
+            sweep = rand_errors_by_threshold(np.where(keep, probs[1], 0.0), np.where(keep, truth, 0))
+        else:
+            sweep = None
+        scored.append(Scored(name, image, truth, pred, metrics, sweep))
+    return scored
+
+
+def summary_of(scored: Sequence[Scored], classes: Any) -> dict[str, Any]:
+    summary = summarize([s.metrics for s in scored], classes.num_classes, classes.names)
+    sweeps = [s.rand_sweep for s in scored if s.rand_sweep is not None]
+    if sweeps and len(sweeps) == len(scored):
+        summary["rand_error_best"], summary["rand_threshold"] = best_rand_error(np.stack(sweeps))
+    return summary
+
+
+def per_image_rows(scored: Sequence[Scored]) -> list[dict[str, Any]]:
+    return [{"image": s.name, **{k: v for k, v in s.metrics.items() if k != "confusion"}} for s in scored]
+
+
+def worst_first(scored: Sequence[Scored], metric: str) -> list[Scored]:
+    """Images from the worst to the best by ``metric`` (nan last)."""
+    sign = 1.0 if monitor_mode(metric) == "min" else -1.0
+
+    def key(s: Scored) -> float:
+        v = float(s.metrics.get(metric, math.nan))
+        return math.inf if math.isnan(v) else -sign * v
+
+    return sorted(scored, key=key)
+
+
+def write_report(
+    out_dir: Union[str, Path],
+    scored: Sequence[Scored],
+    classes: Any,
+    *,
+    title: str,
+    metric: str = "dice",
+    worst: int = 4,
+    extra: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
+    """Write ``per_image.csv``, ``summary.json``, overlays of the ``worst`` images and ``report.md``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summary_of(scored, classes)
+    if extra:
+        summary.update(extra)
+    write_csv(out_dir / "per_image.csv", per_image_rows(scored))
+    atomic_write_json(out_dir / "summary.json", summary)
+    columns = [c for c in REPORT_COLUMNS if c in summary]
+    lines = [
+        f"# {title}",
+        "",
+        f"{len(scored)} images; classes: {', '.join(classes.names)}.",
+        "",
+        "## Mean over images",
+        "",
+        markdown_table([summary], columns),
+        "",
+    ]
+    if classes.num_classes > 2:
+        per_class = [
+            {
+                "class": n,
+                "IoU": summary["global_iou_per_class"][n],
+                "Dice": summary["global_dice_per_class"][n],
+            }
+            for n in classes.names
+        ]
+        lines += [
+            "## Per class (summed over the dataset)",
+            "",
+            markdown_table(per_class, ["class", "IoU", "Dice"]),
+            "",
+            f"Mean IoU over the dataset: {summary['global_iou']:.4f}",
+            "",
+        ]
+    lines += [
+        f"## Worst {min(worst, len(scored))} images by {metric}",
+        "",
+        "Each overlay shows image | truth | prediction.",
+        "",
+    ]
+    for s in worst_first(scored, metric)[:worst]:
+        picture = save_overlay(out_dir / "overlays" / f"{s.name}.png", s.image, s.truth, s.pred, classes)
+        value = s.metrics.get(metric, math.nan)
+        lines += [f"### {s.name}: {metric} {value:.4f}", "", f"![{s.name}](overlays/{picture.name})", ""]
+    lines += [
+        "## Every image",
+        "",
+        markdown_table(per_image_rows(scored), ["image", *columns]),
+        "",
+        "Warping error: not implemented (see unetkit.metrics).",
+        "",
+    ]
+    atomic_write_text(out_dir / "report.md", "\n".join(lines))
+    return summary
+
+
+def evaluate_run(
+    run_dir: Union[str, Path],
+    data_dir: Union[str, Path],
+    out_dir: Union[str, Path],
+    *,
+    tta: bool = False,
+    save_masks: bool = True,
+    worst: int = 4,
+    metric: Optional[str] = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Score a RUN's best model on a dataset folder and write the report (see :func:`write_report`).
+
+    With ``save_masks`` the predicted masks go to ``out_dir/masks/`` in the encoding of the
+    training masks (0/255, palette, RGB...), one per image, named like the image.
+    """
+    from ..data.dataset import check_dataset, find_samples, load_sample
+    from ..inference import Predictor
+    from .run import Run
+
+    run = Run.load(run_dir)
+    check_dataset(data_dir).raise_if_problems()
+    samples = find_samples(data_dir)
+    normalize = run.config.data.normalize
+    predictor = Predictor(run.model, classes=run.classes, tta=tta)
+    items = ((s.name, *load_sample(s, run.classes, normalize)) for s in samples)
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, total=len(samples), desc="evaluating", unit="image")
+    scored = score_images(predictor, items, run.classes, target=run.config.data.target)
+    out_dir = Path(out_dir)
+    if save_masks:
+        for s in scored:
+            run.classes.save_mask(out_dir / "masks" / f"{s.name}.png", s.pred)
+    return write_report(
+        out_dir,
+        scored,
+        run.classes,
+        title=f"Evaluation of {run.path} on {data_dir}",
+        metric=metric or run.config.budget.monitor,
+        worst=worst,
+        extra={"run": str(run.path), "data": str(data_dir), "tta": tta},
+    )

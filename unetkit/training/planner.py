@@ -1,0 +1,374 @@
+"""Self-configuration: fingerprint the dataset and the machine, then propose a training plan.
+
+Like nnU-Net's planning, but for any PNG/TIFF/NIfTI folder and a wall-clock budget: the patch
+size follows the image and object sizes and the device, the network's depth follows the patch,
+its width the device, the normalisation the image type, the loss the class balance, and the
+number of epochs a short timing of the planned network on this machine. Every value is a plain
+config field, so any of them can be overridden afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..data.dataset import check_dataset, find_samples, load_labels
+from ..data.io import read_image
+from ..data.normalize import NormalizeConfig
+from ..losses import LossConfig
+from ..models import build_model
+
+#: Time budget used to size the plan when none is given (the run is then limited by epochs).
+DEFAULT_PLAN_MINUTES = 30.0
+#: Share of the budget planned for training steps; the rest is validation and saving.
+TRAIN_SHARE = 0.9
+MAX_IMAGES_FINGERPRINTED = 50
+
+
+@dataclass
+class Machine:
+    """What the plan is sized for."""
+
+    device: str
+    cpus: int
+    memory_gb: float
+    gpu: Optional[str] = None
+    gpu_memory_gb: Optional[float] = None
+
+    @classmethod
+    def detect(cls) -> Machine:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        try:
+            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        except (ValueError, OSError, AttributeError):
+            memory = math.nan
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            return cls("cuda", cpus, memory, props.name, props.total_memory / 2**30)
+        return cls("cpu", cpus, memory)
+
+    def describe(self) -> str:
+        gpu = f", GPU {self.gpu} ({self.gpu_memory_gb:.0f} GB)" if self.gpu else ", no GPU"
+        return f"{self.cpus} CPU cores, {self.memory_gb:.0f} GB memory{gpu}"
+
+
+@dataclass
+class Fingerprint:
+    """What the planner knows about a dataset."""
+
+    root: str
+    n_images: int
+    dims: int
+    channels: int
+    dtype: str
+    median_shape: tuple[int, ...]
+    min_shape: tuple[int, ...]
+    class_names: list[str]
+    class_fractions: list[float]
+    intensity: dict[str, float]
+    median_object_diameter: Optional[float]
+    full_range_fraction: float = 0.0
+
+    def describe(self) -> str:
+        fractions = ", ".join(f"{n} {f:.1%}" for n, f in zip(self.class_names, self.class_fractions))
+        obj = (
+            f"median object diameter {self.median_object_diameter:.0f} px"
+            if self.median_object_diameter
+            else "no separate objects measured"
+        )
+        return (
+            f"{self.n_images} {self.dims}D images, {self.channels} channel(s) {self.dtype}, median size "
+            f"{'x'.join(map(str, self.median_shape))} (smallest {'x'.join(map(str, self.min_shape))}); "
+            f"classes: {fractions}; intensities p1 {self.intensity['p1']:.4g}, "
+            f"p99 {self.intensity['p99']:.4g}; "
+            f"{obj}"
+        )
+
+
+@dataclass
+class Plan:
+    """The proposed config and the reason for each choice."""
+
+    config: TrainConfig
+    fingerprint: Fingerprint
+    machine: Machine
+    reasons: list[str] = field(default_factory=list)
+    seconds_per_step: Optional[float] = None
+
+    def format(self) -> str:
+        c = self.config
+        lines = [
+            f"dataset: {self.fingerprint.describe()}",
+            f"machine: {self.machine.describe()}",
+            "",
+            "plan:",
+            f"  model     {c.model.architecture}, depth {c.model.depth}, base width {c.model.base_channels}, "
+            f"{c.model.padding} padding, {c.model.norm} norm, {c.model.num_classes} output channel(s)",
+            f"  patches   {c.data.patch_size} px, batch {c.data.batch_size}, "
+            f"{c.data.patches_per_epoch} patches per epoch",
+            f"  normalise {c.data.normalize.mode}",
+            f"  loss      {c.loss.name}",
+            f"  optimiser {c.optim.name} lr {c.optim.lr:g}, {c.schedule.name} schedule, "
+            f"{c.schedule.warmup_steps} warm-up steps",
+            f"  budget    {c.budget.epochs} epochs"
+            + (f" within {c.budget.max_minutes:g} minutes" if c.budget.max_minutes else ""),
+            "",
+            "why:",
+        ]
+        lines += [f"  - {r}" for r in self.reasons]
+        lines += [
+            "",
+            "Override any value, e.g. `unetkit train DATA --model.base-channels 32 --data.patch-size 128`.",
+        ]
+        return "\n".join(lines)
+
+
+def _object_diameters(labels: np.ndarray) -> list[float]:
+    """Equivalent diameters of the connected foreground objects (class > 0) of one label map."""
+    from scipy import ndimage
+
+    objects, n = ndimage.label(labels > 0)
+    if n == 0:
+        return []
+    areas = np.bincount(objects.ravel())[1:]
+    power = 1.0 / labels.ndim
+    return [float(2 * (a * (3 / (4 * math.pi) if labels.ndim == 3 else 1 / math.pi)) ** power) for a in areas]
+
+
+def fingerprint_dataset(root: Union[str, Path]) -> tuple[Fingerprint, Any]:
+    """Fingerprint a dataset folder; returns it with the data area's ``CheckReport`` (raises on problems)."""
+    report = check_dataset(root)
+    report.raise_if_problems()
+    classes = report.classes
+    samples = find_samples(root)
+    rng = np.random.default_rng(0)
+    picked = (
+        samples
+        if len(samples) <= MAX_IMAGES_FINGERPRINTED
+        else [samples[i] for i in sorted(rng.choice(len(samples), MAX_IMAGES_FINGERPRINTED, replace=False))]
+    )
+    shapes, values, diameters, spans = [], [], [], []
+    counts = np.zeros(classes.num_classes, dtype=np.int64)
+    dtype = ""
+    channels = 1
+    for sample in picked:
+        image = read_image(sample.image)
+        dtype, channels = str(image.dtype), int(image.shape[0])
+        shapes.append(image.shape[1:])
+        flat = image.reshape(image.shape[0], -1)
+        values.append(flat[:, rng.integers(0, flat.shape[1], size=min(flat.shape[1], 20000))])
+        low, high = np.percentile(values[-1], [1, 99])
+        spans.append(float(high - low))
+        labels = load_labels(sample, classes, image.shape[1:])
+        valid = labels[labels != classes.ignore_index] if classes.ignore_index is not None else labels.ravel()
+        counts += np.bincount(valid.ravel(), minlength=classes.num_classes)[: classes.num_classes]
+        if classes.num_classes == 2:
+            diameters += _object_diameters(labels == 1)
+    pixels = np.concatenate(values, axis=1).astype(np.float64)
+    shapes_arr = np.array(shapes)
+    fractions = (counts / max(counts.sum(), 1)).tolist()
+    fp = Fingerprint(
+        root=str(root),
+        n_images=len(samples),
+        dims=shapes_arr.shape[1],
+        channels=channels,
+        dtype=dtype,
+        median_shape=tuple(int(v) for v in np.median(shapes_arr, axis=0)),
+        min_shape=tuple(int(v) for v in shapes_arr.min(axis=0)),
+        class_names=list(classes.names),
+        class_fractions=[float(f) for f in fractions],
+        intensity={
+            "p1": float(np.percentile(pixels, 1)),
+            "p99": float(np.percentile(pixels, 99)),
+            "mean": float(pixels.mean()),
+            "std": float(pixels.std()),
+        },
+        median_object_diameter=float(np.median(diameters)) if diameters else None,
+        full_range_fraction=float(np.mean([s >= 200 for s in spans])) if dtype == "uint8" else 0.0,
+    )
+    return fp, report
+
+
+def _round_down(value: int, multiple: int) -> int:
+    return max(multiple, value // multiple * multiple)
+
+
+def time_training_step(config: TrainConfig, device: str, repeats: int = 2) -> float:
+    """Seconds per training step of the planned network and batch on this machine (after a warm-up)."""
+    model = build_model(config.model).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    size = (config.data.patch_size,) * config.model.dims
+    x = torch.randn(config.data.batch_size, config.model.in_channels, *size, device=device)
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            loss = model(x).float().square().mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def plan_training(
+    train_dir: Union[str, Path],
+    *,
+    val_dir: Optional[Union[str, Path]] = None,
+    max_minutes: Optional[float] = None,
+    machine: Optional[Machine] = None,
+    base: Optional[TrainConfig] = None,
+    measure: bool = True,
+) -> Plan:
+    """Propose a config for ``train_dir`` on ``machine`` within ``max_minutes`` (see the module doc)."""
+    machine = machine or Machine.detect()
+    fp, report = fingerprint_dataset(train_dir)
+    config = base or TrainConfig()
+    reasons: list[str] = []
+    gpu = machine.device == "cuda"
+    dims = fp.dims
+
+    # Patch: as large as the device allows, no larger than the images, several objects wide.
+    cap = (512 if gpu else 256) if dims == 2 else (128 if gpu else 64)
+    smallest = min(fp.min_shape)
+    patch = min(cap, smallest)
+    why_patch = f"{cap} px is the {'GPU' if gpu else 'CPU'} cap for {dims}D"
+    if patch < cap:
+        why_patch = f"the smallest image is {smallest} px"
+    depth = 4 if patch >= 128 else max(2, int(math.log2(patch)) - 3)
+    if dims == 3:
+        depth = min(depth, 3)
+    patch = _round_down(patch, 2**depth)
+    reasons.append(f"patch {patch} px: {why_patch} (rounded to a multiple of 2**depth = {2**depth})")
+    receptive = 2**depth * 9
+    reasons.append(
+        f"depth {depth}: {patch} px pooled {depth} times leaves {patch // 2**depth} px at the bottom; "
+        f"receptive field about {receptive} px"
+        + (
+            f" vs median object diameter {fp.median_object_diameter:.0f} px"
+            if fp.median_object_diameter
+            else ""
+        )
+    )
+    width = 32 if gpu else 16
+    reasons.append(
+        f"base width {width}: "
+        + ("a GPU trains a wider net in the same time" if gpu else "a narrow net gets more CPU steps")
+    )
+    batch = (16 if gpu else 4) if dims == 2 else 2
+    reasons.append(
+        f"batch {batch} with batch norm: enough patches per step for stable statistics on "
+        f"{'a GPU' if gpu else 'a CPU'}"
+    )
+
+    binary = len(fp.class_names) == 2
+    model = dataclasses.replace(
+        config.model,
+        architecture="unet",
+        in_channels=fp.channels,
+        num_classes=1 if binary else len(fp.class_names),
+        dims=dims,
+        depth=depth,
+        base_channels=width,
+        padding="same",
+        up_mode="transpose",
+        norm="batch",
+        dropout=0.0,
+    )
+    reasons.append(
+        "same padding: outputs as large as the inputs, any image size tiles with overlap; "
+        + (
+            "one sigmoid output for the two classes"
+            if binary
+            else f"softmax over {len(fp.class_names)} classes"
+        )
+    )
+
+    # Normalisation: photographs (8-bit colour using the whole range) keep their colours; everything
+    # else (microscopy, dim fluorescence, 16-bit, mixed modalities) is stretched per image.
+    if fp.channels == 3 and fp.dtype == "uint8" and fp.full_range_fraction >= 0.8:
+        normalize = NormalizeConfig(mode="fixed", min_value=0.0, max_value=255.0)
+        reasons.append(
+            f"normalise fixed 0-255: 8-bit colour photographs ({fp.full_range_fraction:.0%} span the full "
+            "range), so colours keep their meaning"
+        )
+    else:
+        normalize = NormalizeConfig(mode="percentile", low=1.0, high=99.8)
+        reasons.append(
+            f"normalise by the 1st-99.8th percentiles of each image: {fp.dtype} "
+            f"{'grey-level' if fp.channels == 1 else f'{fp.channels}-channel'} images whose range varies"
+        )
+
+    rarest = min(fp.class_fractions) if fp.class_fractions else 0.0
+    if rarest < 0.1:
+        loss = LossConfig(name="ce_dice")
+        reasons.append(
+            f"loss Dice + cross-entropy: the rarest class is {rarest:.1%} of the pixels (imbalanced)"
+        )
+    else:
+        loss = LossConfig(name="ce")
+        reasons.append(
+            f"loss cross-entropy: the rarest class is {rarest:.1%} of the pixels (balanced enough)"
+        )
+
+    data = dataclasses.replace(
+        config.data,
+        train=str(train_dir),
+        val=str(val_dir) if val_dir else config.data.val,
+        patch_size=patch,
+        batch_size=batch,
+        normalize=normalize,
+        foreground_oversample=0.33 if rarest < 0.1 else 0.0,
+    )
+    train_pixels = int(np.prod(fp.median_shape)) * fp.n_images
+    per_epoch = max(batch * 8, round(train_pixels / patch**dims / batch) * batch)
+    data = dataclasses.replace(data, patches_per_epoch=per_epoch)
+    reasons.append(f"{per_epoch} patches per epoch: about the training pixels once (at least 8 steps)")
+    config = dataclasses.replace(config, data=data, model=model, loss=loss)
+
+    minutes = max_minutes or DEFAULT_PLAN_MINUTES
+    steps_per_epoch = per_epoch // batch
+    epochs = config.budget.epochs
+    seconds = None
+    if measure:
+        seconds = time_training_step(config, machine.device)
+        val_share = 0.15 if (val_dir or config.data.val_fraction > 0) else 0.0
+        epoch_seconds = steps_per_epoch * seconds * (1 + val_share)
+        epochs = max(1, int(minutes * 60 * TRAIN_SHARE / epoch_seconds))
+        reasons.append(
+            f"about {epochs} epochs: one step takes {seconds:.2f} s here now, an epoch ({steps_per_epoch} "
+            f"steps + validation) about {epoch_seconds:.0f} s, {minutes:g} minutes "
+            f"{'budget' if max_minutes else '(default plan budget)'}"
+        )
+    if max_minutes:
+        # The clock, not the epoch count, ends the run and drives the schedule: a machine that is
+        # busier or idler than during the timing above still gets its whole budget.
+        epochs = max(100, 4 * epochs)
+        reasons.append(f"epoch cap {epochs}: the {max_minutes:g}-minute budget ends the run and the schedule")
+    warmup = 20
+    config = dataclasses.replace(
+        config,
+        optim=dataclasses.replace(config.optim, name="adam", lr=1e-3),
+        schedule=dataclasses.replace(config.schedule, name="cosine", warmup_steps=warmup),
+        budget=dataclasses.replace(
+            config.budget, epochs=epochs, max_minutes=max_minutes, monitor="dice" if binary else "mean_iou"
+        ),
+    )
+    reasons.append(
+        f"Adam lr 1e-3 with {warmup} warm-up steps and a cosine decay to the end of the "
+        f"{'time budget' if max_minutes else 'epochs'}; the best epoch by validation "
+        f"{config.budget.monitor} is kept"
+    )
+    return Plan(config=config, fingerprint=fp, machine=machine, reasons=reasons, seconds_per_step=seconds)

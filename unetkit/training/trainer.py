@@ -1,0 +1,580 @@
+"""The training loop: patches in, the best model and a resumable state out.
+
+One epoch = ``patches_per_epoch`` random patches (the data area's :class:`PatchDataset`), then a
+validation on whole images with the :class:`~unetkit.inference.Predictor` (tiled when large).
+After every epoch the RUN folder is brought up to date (``metrics.csv``, ``curves.png``, the best
+model, ``state/``), so a kill loses at most the epoch in progress; Ctrl-C saves and exits cleanly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..checkpoint import save_model
+from ..config import TrainConfig, monitor_mode, save_config
+from ..data.classes import ClassInfo
+from ..data.dataset import (
+    PatchDataset,
+    Sample,
+    check_dataset,
+    detect_classes,
+    find_samples,
+    load_sample,
+    split_samples,
+)
+from ..data.io import read_image
+from ..data.weights import BorderWeightConfig
+from ..inference import Predictor
+from ..losses import SegmentationLoss
+from ..models import build_model
+from ..utils.atomic import atomic_write_json
+from .evaluation import score_images, summary_of
+from .reporting import save_curves, save_overlay, write_csv
+from .run import CLASSES_FILE, CONFIG_FILE, CURVES_FILE, METRICS_FILE, SAMPLES_DIR, Run
+from .state import Progress, has_state, load_state, save_state
+
+#: Validation metrics drawn in ``curves.png`` (when the run has them).
+CURVE_METRICS = ("dice", "iou", "mean_iou", "pixel_error", "rand_error")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the RUN folder keeps the last good checkpoint."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for but PyTorch sees no CUDA GPU; use --device cpu or auto")
+    return torch.device(name)
+
+
+def lr_factor(step: int, progress: float, config: TrainConfig) -> float:
+    """Learning-rate multiplier at optimiser ``step`` and run ``progress`` in [0, 1]."""
+    schedule = config.schedule
+    warm = min(1.0, (step + 1) / schedule.warmup_steps) if schedule.warmup_steps > 0 else 1.0
+    progress = min(max(progress, 0.0), 1.0)
+    final = schedule.final_lr_fraction
+    if schedule.name == "cosine":
+        factor = final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
+    elif schedule.name == "poly":
+        factor = max((1 - progress) ** schedule.power, final)
+    else:
+        factor = 1.0
+    return warm * factor
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    optim = config.optim
+    if optim.name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=optim.lr,
+            momentum=optim.momentum,
+            weight_decay=optim.weight_decay,
+            nesterov=optim.momentum > 0,
+        )
+    cls = torch.optim.AdamW if optim.name == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """Samples and classes of a run, after the dataset checks."""
+
+    train: list[Sample]
+    val: list[Sample]
+    classes: ClassInfo
+    in_channels: int
+    dims: int
+
+
+def _require_ok(root: str) -> None:
+    check_dataset(root).raise_if_problems()
+
+
+def prepare_data(config: TrainConfig) -> TrainingData:
+    """Check the dataset folders (same messages as ``unetkit check``), split, detect the classes."""
+    if not config.data.train:
+        raise ValueError("no training data: give the dataset folder (unetkit train DATA) or set data.train")
+    _require_ok(config.data.train)
+    train = find_samples(config.data.train)
+    if config.data.val:
+        _require_ok(config.data.val)
+        val = find_samples(config.data.val)
+    elif config.data.val_fraction > 0:
+        train, val = split_samples(train, config.data.val_fraction, config.seed)
+    else:
+        val = []
+    classes = detect_classes(train + val)
+    first = read_image(train[0].image)
+    spatial = first.ndim - 1
+    return TrainingData(train, val, classes, int(first.shape[0]), spatial)
+
+
+def resolve_model_config(config: TrainConfig, data: TrainingData) -> TrainConfig:
+    """Fit the network's input channels and output classes to the data (a binary problem keeps a
+    1-channel sigmoid head or a 2-channel softmax head, whichever the config asks for)."""
+    model = config.model
+    n_classes = 3 if config.data.target == "three_class" else data.classes.num_classes
+    out = model.num_classes if (n_classes == 2 and model.num_classes in (1, 2)) else n_classes
+    if model.dims != data.dims:
+        raise ValueError(
+            f"the images of {config.data.train} are {data.dims}D but model.dims is {model.dims}: "
+            f"set --model.dims {data.dims}"
+        )
+    return dataclasses.replace(
+        config, model=dataclasses.replace(model, in_channels=data.in_channels, num_classes=out)
+    )
+
+
+def _tuple(size: int, dims: int) -> tuple[int, ...]:
+    return (size,) * dims
+
+
+class Trainer:
+    """Runs one training; ``Trainer(config).fit()`` returns the :class:`Run`.
+
+    ``resume=True`` continues the run in ``config.out`` from its committed state (same epoch,
+    step and learning-rate schedule). ``log`` receives the human-readable messages. ``model``:
+    train this network instead of building ``config.model`` (e.g. a peer's network for a
+    comparison); it must have the size-rule methods of :mod:`unetkit.models.sizes` and a
+    ``config`` (its ``model.json``), and its in/out channels must match the data.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        resume: bool = False,
+        progress_bar: bool = True,
+        log: Callable[[str], None] = print,
+        model: Optional[nn.Module] = None,
+    ) -> None:
+        self.config = config.validate()
+        self.custom_model = model
+        self.resume = resume
+        self.progress_bar = progress_bar
+        self.log = log
+        self.out = Path(config.out)
+        self.device = resolve_device(config.device)
+
+    # ------------------------------------------------------------------ set-up
+    def _prepare_folder(self) -> None:
+        if self.resume:
+            if not has_state(self.out):
+                raise FileNotFoundError(
+                    f"{self.out} has no training state to resume: "
+                    f"run `unetkit train DATA --out {self.out}` first"
+                )
+        elif has_state(self.out) or (self.out / CONFIG_FILE).exists():
+            raise FileExistsError(
+                f"{self.out} already holds a training run: add --resume to continue it, "
+                "or choose another --out"
+            )
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def _setup(self) -> None:
+        self._prepare_folder()
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        torch.manual_seed(self.config.seed)
+        np.random.seed(self.config.seed % 2**32)
+        self.data = prepare_data(self.config)
+        self.config = resolve_model_config(self.config, self.data)
+        self.model = (self.custom_model or build_model(self.config.model)).to(self.device)
+        if self.device.type == "cuda" and self.config.model.dims == 2:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(self.model, self.config)
+        self.loss_fn = SegmentationLoss(self.config.loss, ignore_index=self.data.classes.ignore_index)
+        self.dataset = self._dataset()
+        self.val_items = [
+            (s.name, *load_sample(s, self.data.classes, self.config.data.normalize)) for s in self.data.val
+        ]
+        save_config(self.config, self.out / CONFIG_FILE)
+        atomic_write_json(self.out / CLASSES_FILE, self.data.classes.to_dict())
+        self.progress = load_state(self.out, self.model, self.optimizer) if self.resume else Progress()
+        self.use_amp = self.device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.tensorboard = self._tensorboard()
+
+    def _dataset(self) -> PatchDataset:
+        cfg = self.config.data
+        dims = self.config.model.dims
+        patch = _tuple(cfg.patch_size, dims)
+        self.model.check_input_size(patch)
+        output = self.model.output_size(patch) if self.model.context() > 0 else None
+        per_epoch = cfg.patches_per_epoch
+        if per_epoch is None:
+            pixels = sum(int(np.prod(read_image(s.image).shape[1:])) for s in self.data.train)
+            per_epoch = max(cfg.batch_size, round(pixels / np.prod(patch)) // cfg.batch_size * cfg.batch_size)
+        return PatchDataset(
+            self.data.train,
+            self.data.classes,
+            patch_size=patch,
+            normalize=cfg.normalize,
+            augment=self.config.augment,
+            target=cfg.target,
+            weight_map=BorderWeightConfig(w0=cfg.w0, sigma=cfg.sigma) if cfg.weight_map else None,
+            foreground_oversample=cfg.foreground_oversample,
+            seed=self.config.seed,
+            patches_per_epoch=per_epoch,
+            output_size=_tuple(output, dims) if isinstance(output, int) else output,
+        )
+
+    def _tensorboard(self) -> Any:
+        if not self.config.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.log("tensorboard is not installed (pip install tensorboard); logging to metrics.csv only")
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+    def _loader(self, epoch: int, skip_batches: int = 0) -> DataLoader:
+        """The epoch's batches in a seeded order, without the first ``skip_batches`` (already trained)."""
+        cfg = self.config.data
+        self.dataset.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        n_batches = len(self.dataset) // cfg.batch_size
+        order = torch.randperm(len(self.dataset), generator=generator)[: n_batches * cfg.batch_size]
+        return DataLoader(
+            self.dataset,
+            batch_size=cfg.batch_size,
+            sampler=order[skip_batches * cfg.batch_size :].tolist(),
+            generator=generator,  # the loader's own seed draw must not consume the global (dropout) RNG
+            num_workers=cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    # ---------------------------------------------------------------- the loop
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.dataset) // self.config.data.batch_size // self.config.optim.accumulate)
+
+    def _run_progress(self, elapsed: float) -> float:
+        budget = self.config.budget
+        total_steps = budget.epochs * self.steps_per_epoch
+        progress = self.progress.step / total_steps
+        if budget.max_minutes:
+            progress = max(progress, elapsed / (budget.max_minutes * 60))
+        return progress
+
+    def _set_lr(self, elapsed: float) -> float:
+        lr = self.config.optim.lr * lr_factor(self.progress.step, self._run_progress(elapsed), self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _train_step(self, batch: dict[str, torch.Tensor], update: bool) -> torch.Tensor:
+        image = batch["image"].to(self.device, non_blocking=True)
+        if self.device.type == "cuda" and image.dim() == 4:
+            image = image.contiguous(memory_format=torch.channels_last)
+        mask = batch["mask"].to(self.device, non_blocking=True)
+        weight = batch.get("weight")
+        weight = weight.to(self.device, non_blocking=True) if weight is not None else None
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            loss = self.loss_fn(self.model(image), mask, weight)
+        self.scaler.scale(loss / self.config.optim.accumulate).backward()
+        if update:
+            clip = self.config.optim.grad_clip
+            if clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int) -> None:
+        if not torch.isfinite(loss):
+            self.progress.status = "diverged"
+            raise TrainingDiverged(
+                f"the training loss became {loss.item()} in epoch {epoch + 1} (step {self.progress.step}); "
+                f"training stopped. {self.out} keeps the last good checkpoint (epoch {self.progress.epoch}). "
+                "Lower the learning rate (--optim.lr), keep gradient clipping on (--optim.grad-clip 12), "
+                "or check the images for NaN values."
+            )
+
+    def _time_left(self, started: float, reserve: float) -> bool:
+        budget = self.config.budget.max_minutes
+        if not budget:
+            return True
+        return self._elapsed(started) + reserve < budget * 60
+
+    def _elapsed(self, started: float) -> float:
+        """Training seconds over every session of this run (``started``: this session's start)."""
+        return self._elapsed_before + (time.perf_counter() - started)
+
+    def _train_epoch(self, epoch: int, started: float, val_seconds: float) -> tuple[float, int, bool]:
+        """One epoch (or the rest of one cut short by Ctrl-C); returns (mean loss, batches, ran to the end).
+
+        Ctrl-C is deferred to the end of the current optimiser step (a second Ctrl-C stops at once);
+        the batches trained so far are recorded in the progress, so that ``--resume`` continues this
+        epoch with the next batch of the same seeded order, exactly as if never interrupted.
+        """
+        self.model.train()
+        accumulate = self.config.optim.accumulate
+        done = self.progress.epoch_batches
+        loader = self._loader(epoch, done)
+        bar = None
+        if self.progress_bar:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(
+                total=done + len(loader),
+                initial=done,
+                desc=f"epoch {epoch + 1}/{self.config.budget.epochs}",
+                unit="batch",
+                leave=False,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+        total = torch.full((), self.progress.epoch_loss_sum, device=self.device)
+        committed = (done, total.clone())
+        batches = done
+        complete = True
+        self._stop_requested = False
+        previous_handler = self._defer_ctrl_c()
+        try:
+            for batch in loader:
+                update = (batches + 1) % accumulate == 0
+                if batches % accumulate == 0:
+                    lr = self._set_lr(self._elapsed(started))
+                loss = self._train_step(batch, update)
+                self._check_finite(loss, epoch)
+                total += loss
+                batches += 1
+                if update:
+                    self.progress.step += 1
+                    committed = (batches, total.clone())
+                    if self._stop_requested:
+                        raise KeyboardInterrupt
+                if bar is not None:
+                    bar.update(1)
+                    if batches % 5 == 0:
+                        bar.set_postfix(
+                            loss=f"{total.item() / batches:.4f}", lr=f"{lr:.2e}", **self._bar_extra(started)
+                        )
+                if not self._time_left(started, val_seconds):
+                    complete = False
+                    break
+        except KeyboardInterrupt:
+            self.progress.epoch_batches, self.progress.epoch_loss_sum = committed[0], committed[1].item()
+            raise
+        finally:
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+            if bar is not None:
+                bar.close()
+        self.progress.epoch_batches, self.progress.epoch_loss_sum = batches, total.item()
+        return self.progress.epoch_loss_sum / max(batches, 1), batches, complete
+
+    def _defer_ctrl_c(self) -> Any:
+        """Make the first Ctrl-C a request to stop after the current step; returns the old handler."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            self.log("Ctrl-C: stopping after this step and saving (Ctrl-C again stops at once)")
+
+        return signal.signal(signal.SIGINT, request_stop)
+
+    def _bar_extra(self, started: float) -> dict[str, str]:
+        extra = {}
+        best = self.progress.best_value
+        if best is not None:
+            extra[f"best_{self.config.budget.monitor}"] = f"{best:.4f}"
+        budget = self.config.budget.max_minutes
+        if budget:
+            left = max(0.0, budget * 60 - self._elapsed(started))
+            extra["left"] = f"{int(left // 60)}m{int(left % 60):02d}s"
+        return extra
+
+    def validate(self) -> tuple[dict[str, Any], list[Any]]:
+        """Whole-image metrics on the validation set (empty dict without one)."""
+        if not self.val_items:
+            return {}, []
+        predictor = Predictor(self.model, device=self.device, classes=self.data.classes)
+        scored = score_images(
+            predictor, self.val_items, self.data.classes, target=self.config.data.target, rand_sweep=False
+        )
+        self.model.train()
+        summary = summary_of(scored, self.data.classes)
+        keep = {k: v for k, v in summary.items() if isinstance(v, float) and not k.startswith("global_pixel")}
+        return keep, scored
+
+    def _is_better(self, value: float) -> bool:
+        best = self.progress.best_value
+        if value != value:
+            return False
+        if best is None:
+            return True
+        return value < best if monitor_mode(self.config.budget.monitor) == "min" else value > best
+
+    def _save_best(self, scored: Sequence[Any]) -> None:
+        save_model(self.model, self.out)
+        for s in scored[: self.config.num_samples]:
+            save_overlay(
+                self.out / SAMPLES_DIR / f"{s.name}.png", s.image, s.truth, s.pred, self.data.classes
+            )
+
+    def _end_epoch(self, epoch: int, loss: float, batches: int, rate: float, started: float) -> bool:
+        """Validate, keep the best, write the RUN files; returns True when early stopping triggers."""
+        budget = self.config.budget
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": self.progress.step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "loss": loss,
+            "batches": batches,
+            "batches_per_s": rate,
+        }
+        stop = False
+        if (epoch + 1) % budget.val_every == 0 or not self.val_items:
+            t0 = time.perf_counter()
+            metrics, scored = self.validate()
+            row.update(metrics)
+            row["val_s"] = time.perf_counter() - t0
+            self._last_val_seconds = row["val_s"]
+            value = row.get(budget.monitor, loss) if self.val_items else loss
+            if budget.monitor not in row and self.val_items:
+                raise ValueError(
+                    f"budget.monitor {budget.monitor!r} is not a validation metric; use one of "
+                    f"{', '.join(sorted(k for k in metrics))}"
+                )
+            if self._is_better(value):
+                self.progress.best_value, self.progress.best_epoch = float(value), epoch + 1
+                self.progress.epochs_since_best = 0
+                self._save_best(scored)
+            else:
+                self.progress.epochs_since_best += 1
+                stop = budget.patience is not None and self.progress.epochs_since_best >= budget.patience
+        self.progress.epoch = epoch + 1
+        self.progress.epoch_batches, self.progress.epoch_loss_sum = 0, 0.0
+        self.progress.elapsed_s = self._elapsed(started)
+        row["elapsed_s"] = self.progress.elapsed_s
+        self.progress.history.append(row)
+        self._write_run_files()
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    self.tensorboard.add_scalar(key, value, epoch + 1)
+        self.log(self._epoch_line(row))
+        return stop
+
+    def _epoch_line(self, row: dict[str, Any]) -> str:
+        parts = [f"epoch {row['epoch']}", f"loss {row['loss']:.4f}"]
+        for key in ("dice", "iou", "mean_iou", "pixel_error", "rand_error"):
+            if key in row and row[key] == row[key]:
+                parts.append(f"{key} {row[key]:.4f}")
+        parts.append(f"{row['batches_per_s']:.2f} batch/s")
+        parts.append(f"{row['elapsed_s'] / 60:.1f} min")
+        if self.progress.best_epoch == row["epoch"]:
+            parts.append("(best)")
+        return "  ".join(parts)
+
+    def _write_run_files(self) -> None:
+        # State first: a metrics.csv row then always has its committed state behind it.
+        save_state(self.out, self.model, self.optimizer, self.progress)
+        write_csv(self.out / METRICS_FILE, self.progress.history)
+        save_curves(self.progress.history, self.out / CURVES_FILE, CURVE_METRICS)
+
+    def fit(self) -> Run:
+        """Train until the epochs, the time budget or the patience run out; returns the :class:`Run`."""
+        self._setup()
+        budget = self.config.budget
+        started = time.perf_counter()
+        self._elapsed_before = self.progress.elapsed_s
+        self._last_val_seconds = 0.0
+        if self.resume:
+            self.log(f"resuming {self.out} at epoch {self.progress.epoch + 1}, step {self.progress.step}")
+        self.progress.status = "running"
+        self.log(self._summary_line())
+        try:
+            while self.progress.epoch < budget.epochs:
+                epoch = self.progress.epoch
+                if not self._time_left(started, self._last_val_seconds):
+                    self.progress.status = "time budget reached"
+                    break
+                t0 = time.perf_counter()
+                resumed_from = self.progress.epoch_batches
+                loss, batches, complete = self._train_epoch(epoch, started, self._last_val_seconds)
+                rate = (batches - resumed_from) / max(time.perf_counter() - t0, 1e-9)
+                if self._end_epoch(epoch, loss, batches, rate, started):
+                    self.progress.status = (
+                        f"early stopping (no better {budget.monitor} for {budget.patience} epochs)"
+                    )
+                    break
+                if not complete:
+                    self.progress.status = "time budget reached"
+                    break
+            else:
+                self.progress.status = "done"
+        except KeyboardInterrupt:
+            self.progress.status = "interrupted"
+            self.progress.elapsed_s = self._elapsed(started)
+            save_state(self.out, self.model, self.optimizer, self.progress)
+            self.log(
+                f"interrupted: state saved in {self.out}; continue with `unetkit train --resume {self.out}`"
+            )
+            return Run.load(self.out) if (self.out / "model.safetensors").is_file() else self._partial_run()
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+        self.progress.elapsed_s = (
+            self._elapsed(started) if self.progress.status != "done" else self.progress.elapsed_s
+        )
+        if not (self.out / "model.safetensors").is_file():
+            save_model(self.model, self.out)
+        save_state(self.out, self.model, self.optimizer, self.progress)
+        self.log(
+            f"finished ({self.progress.status}) after {self.progress.epoch} epochs, "
+            f"{self.progress.elapsed_s / 60:.1f} min; best {budget.monitor} "
+            f"{self.progress.best_value if self.progress.best_value is not None else float('nan'):.4f} "
+            f"at epoch {self.progress.best_epoch}; run folder {self.out}"
+        )
+        return Run.load(self.out)
+
+    def _partial_run(self) -> Run:
+        return Run(self.out, self.config, self.data.classes, self.progress.history, self.progress.status)
+
+    def _summary_line(self) -> str:
+        m = self.config.model
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return (
+            f"training {m.architecture} depth {m.depth} width {m.base_channels} ({n_params:,} parameters) "
+            f"on {len(self.data.train)} images, validating on {len(self.data.val)}; "
+            f"{self.steps_per_epoch} steps "
+            f"of batch {self.config.data.batch_size} x patch {self.config.data.patch_size} per epoch; "
+            f"device {self.device}, {torch.get_num_threads()} threads"
+        )
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    progress_bar: bool = True,
+    log: Callable[[str], None] = print,
+    model: Optional[nn.Module] = None,
+) -> Run:
+    """Train a network as ``config`` says and return the :class:`Run` (see :class:`Trainer`)."""
+    return Trainer(config, resume=resume, progress_bar=progress_bar, log=log, model=model).fit()
