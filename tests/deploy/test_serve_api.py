@@ -16,9 +16,9 @@ from PIL import Image
 
 from unetkit.cli import main
 from unetkit.data.classes import ClassInfo
-from unetkit.data.instances import label_objects
 from unetkit.export import export_run, predictor_for
 from unetkit.inference import Predictor
+from unetkit.instances import instances_from_foreground
 from unetkit.serve import BoundedQueue, Limits, QueueFull, ServeOptions, create_app
 
 
@@ -76,15 +76,17 @@ def test_predict_returns_the_library_mask(client, served_run):
 def test_instances_json_counts_and_boxes_objects(client, served_run):
     data, pixels = cells_png(seed=3)
     result = post(client, data, query="?instances=true").json()
-    labels = Predictor.from_run(served_run, device="cpu").predict(pixels)
-    components = label_objects(labels == 1)
-    assert result["count"] == components.max() == len(result["objects"]) > 3
+    predictor = Predictor.from_run(served_run, device="cpu")
+    probs = predictor.predict_proba(pixels)
+    labels = predictor.labels_from_blocks(probs)
+    instances = instances_from_foreground(probs[1])  # the library's watershed route, default settings
+    assert result["count"] == instances.max() == len(result["objects"]) > 3
     assert (result["width"], result["height"]) == (128, 96)
-    assert sum(o["area"] for o in result["objects"]) == int((labels == 1).sum())
+    assert sum(o["area"] for o in result["objects"]) == int((instances > 0).sum())
     for obj in result["objects"]:
         x0, y0, x1, y1 = obj["box"]
         assert obj["class"] == "foreground"
-        assert (components[y0:y1, x0:x1] > 0).sum() >= obj["area"]
+        assert (instances[y0:y1, x0:x1] > 0).sum() >= obj["area"]
         assert x0 <= obj["centroid"][0] < x1 and y0 <= obj["centroid"][1] < y1
     assert "mask" not in result
     with_masks = post(client, data, query="?instances=true&include_masks=true").json()

@@ -34,7 +34,7 @@ from ..data.classes import ClassInfo, default_colors
 from ..export import valid_size_rule
 from ..inference.files import default_classes
 from .jobs import BoundedQueue, QueueFull
-from .objects import measure_objects
+from .objects import measure_objects, object_labels
 from .uploads import Limits, UploadError, decode_upload, match_channels
 
 STATIC = Path(__file__).parent / "static"
@@ -104,11 +104,14 @@ class Segmenter:
         self.classes: ClassInfo = predictor.classes or default_classes(predictor.num_classes)
         self.binary = predictor.model.config.num_classes == 1
 
-    def labels(self, data: bytes, threshold: float, tta: bool) -> np.ndarray:
-        """Class ids ``(H, W)`` for the uploaded bytes."""
+    def probabilities(self, data: bytes, tta: bool) -> np.ndarray:
+        """Per-class probabilities ``(K, H, W)`` for the uploaded bytes."""
         image = match_channels(decode_upload(data, self.limits), self.predictor.in_channels)
-        probs = (self.tta_predictor if tta else self.predictor).predict_proba(image)
-        if self.binary:  # the threshold applies to the foreground probability
+        return (self.tta_predictor if tta else self.predictor).predict_proba(image)
+
+    def labels(self, probs: np.ndarray, threshold: float) -> np.ndarray:
+        """Class ids ``(H, W)``; for a binary model ``threshold`` applies to the foreground probability."""
+        if self.binary:
             probs = probs[1:]
         return probabilities_to_labels(torch.from_numpy(probs)[None], threshold)[0].numpy()
 
@@ -142,11 +145,13 @@ class Segmenter:
         return buffer.getvalue()
 
     def mask_response(self, data: bytes, threshold: float, tta: bool) -> tuple[bytes, str]:
-        return self.mask_png(self.labels(data, threshold, tta))
+        return self.mask_png(self.labels(self.probabilities(data, tta), threshold))
 
     def objects_response(self, data: bytes, threshold: float, tta: bool, include_masks: bool) -> dict:
-        labels = self.labels(data, threshold, tta)
-        objects = measure_objects(labels, self.classes)
+        probs = self.probabilities(data, tta)
+        labels = self.labels(probs, threshold)
+        instances = object_labels(probs, labels, self.classes, threshold)
+        objects = measure_objects(instances, labels, self.classes)
         result: dict[str, Any] = {
             "width": int(labels.shape[1]),
             "height": int(labels.shape[0]),

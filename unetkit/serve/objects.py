@@ -1,7 +1,8 @@
-"""Objects in a predicted mask: connected components per class, with area, box and centroid.
+"""Objects in a prediction, for the server's JSON: area, box and centroid of each object.
 
-Kept small on purpose: a proper instance-segmentation step (touching objects split) can
-replace :func:`measure_objects` without changing the server's JSON.
+Binary models separate touching objects with the distance-transform watershed, models trained on
+the 3-class target with their interior/border route (both from :mod:`unetkit.instances`); other
+multi-class models count the connected components of each class.
 """
 
 from __future__ import annotations
@@ -13,24 +14,40 @@ from skimage.measure import regionprops
 
 from ..data.classes import ClassInfo
 from ..data.instances import label_objects
+from ..instances import InstanceConfig, instances_from_foreground, instances_from_three_class
 
 
-def measure_objects(labels: np.ndarray, classes: ClassInfo) -> list[dict[str, Any]]:
-    """One dict per connected object of every class but 0 (background) in ``labels`` ``(H, W)``.
+def object_labels(probabilities: np.ndarray, labels: np.ndarray, classes: ClassInfo,
+                  threshold: float) -> np.ndarray:
+    """Instance labels ``(H, W)`` from per-class probabilities ``(K, H, W)`` and class ids ``(H, W)``."""
+    if list(classes.names) == list(ClassInfo.three_class().names):
+        return instances_from_three_class(probabilities, InstanceConfig(method="three_class"))
+    if probabilities.shape[0] == 2:
+        return instances_from_foreground(probabilities[1], InstanceConfig(threshold=threshold))
+    instances = np.zeros(labels.shape, dtype=np.int64)
+    for class_id in range(1, classes.num_classes):
+        found = label_objects(labels == class_id)
+        instances[found > 0] = found[found > 0] + instances.max()
+    return instances
+
+
+def measure_objects(instances: np.ndarray, labels: np.ndarray, classes: ClassInfo) -> list[dict[str, Any]]:
+    """One dict per object of ``instances`` ``(H, W)``, its class the most common id of ``labels`` in it.
 
     ``box`` is ``[x_min, y_min, x_max, y_max]`` in pixels (max exclusive), ``centroid`` ``[x, y]``.
     """
     objects: list[dict[str, Any]] = []
-    for class_id in range(1, classes.num_classes):
-        for region in regionprops(label_objects(labels == class_id)):
-            y0, x0, y1, x1 = (int(v) for v in region.bbox)
-            cy, cx = region.centroid
-            objects.append({
-                "id": len(objects) + 1,
-                "class_id": class_id,
-                "class": classes.names[class_id],
-                "area": int(region.area),
-                "box": [x0, y0, x1, y1],
-                "centroid": [round(float(cx), 2), round(float(cy), 2)],
-            })
+    for region in regionprops(instances.astype(np.int64)):
+        y0, x0, y1, x1 = (int(v) for v in region.bbox)
+        cy, cx = region.centroid
+        inside = labels[tuple(region.coords.T)]
+        class_id = int(np.bincount(inside[inside > 0], minlength=2).argmax()) if (inside > 0).any() else 1
+        objects.append({
+            "id": len(objects) + 1,
+            "class_id": class_id,
+            "class": classes.names[class_id],
+            "area": int(region.area),
+            "box": [x0, y0, x1, y1],
+            "centroid": [round(float(cx), 2), round(float(cy), 2)],
+        })
     return objects
