@@ -98,3 +98,28 @@ def test_3d_volume_gets_labels_and_table_without_coco(tmp_path, method):
     labels = tifffile.imread(out / "vol_instances.tif")
     assert labels.shape == (6, 20, 20) and labels.max() == 1 and (labels > 0).sum() == 4 * 6 * 6
     assert (out / "vol_objects.csv").is_file() and not (out / "objects_coco.json").exists()
+
+
+def test_evaluate_scores_objects_against_instances(tmp_path):
+    run = make_run(tmp_path, intensity_model([20.0], [-10.0]), ClassInfo.binary(),
+                   NormalizeConfig(mode="fixed"))
+    data = tmp_path / "data"
+    yy, xx = np.mgrid[:48, :64]
+    first = ((yy - 24) ** 2 + (xx - 20) ** 2) <= 81
+    second = (((yy - 24) ** 2 + (xx - 36) ** 2) <= 81) & ~first
+    instances = (first * 1 + second * 2).astype(np.uint16)
+    save_png(data / "images" / "pair.png", (instances > 0) * 200)
+    save_png(data / "masks" / "pair.png", (instances > 0) * 255)
+    (data / "instances").mkdir()
+    tifffile.imwrite(data / "instances" / "pair.tif", instances)
+    out = tmp_path / "report"
+    assert main(["evaluate", str(run), str(data), "--out", str(out), "--instances"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dice"] == 1.0
+    assert summary["ap_50"] == 1.0 and summary["f1_50"] == 1.0 and summary["n_true"] == 2
+    assert summary["aji"] > 0.9
+    assert main(["evaluate", str(run), str(data), "--out", str(out), "--instances",
+                 "--instance-method", "components"]) == 0
+    merged = json.loads((out / "summary.json").read_text())
+    assert merged["n_pred"] == 1 and merged["ap_50"] == 0.5  # the two touching discs stay one object
+    assert "ap_50" in (out / "report.md").read_text()

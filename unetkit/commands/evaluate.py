@@ -12,7 +12,10 @@ from pathlib import Path
 
 from ..data.io import DataError
 
-SHOWN = ("dice", "iou", "mean_iou", "precision", "recall", "pixel_error", "rand_error", "hd95")
+SHOWN = (
+    "dice", "iou", "mean_iou", "precision", "recall", "pixel_error", "rand_error", "hd95",
+    "ap_50", "dsb_score", "f1_50", "aji", "panoptic_quality",
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,10 +32,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-masks", action="store_true", help="do not write the predicted masks")
     parser.add_argument("--worst", type=int, default=4, help="worst images shown with overlays (default 4)")
     parser.add_argument("--metric", help="metric that ranks the worst images (default: the run's monitor)")
+    parser.add_argument("--instances", action="store_true",
+                        help="also score objects (AP@0.5, DSB score, F1@0.5, AJI, PQ) against instances/")
+    parser.add_argument("--instance-method", choices=("watershed", "components"), default="watershed",
+                        help="how a binary run's foreground becomes objects (3-class runs use their border)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..instances import InstanceConfig
     from ..training.evaluation import evaluate_run
 
     out = Path(args.out) if args.out else Path(args.run) / f"eval-{Path(args.data).resolve().name}"
@@ -46,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
             worst=args.worst,
             metric=args.metric,
             progress=True,
+            instance_config=InstanceConfig(method=args.instance_method) if args.instances else None,
         )
     except (DataError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -17,6 +17,7 @@ from .reporting import markdown_table, save_overlay, write_csv
 #: Columns of the report tables, in this order when present.
 REPORT_COLUMNS = (
     "dice", "iou", "precision", "recall", "pixel_error", "rand_error", "rand_error_best", "hd95", "mean_iou",
+    "ap_50", "dsb_score", "f1_50", "aji", "panoptic_quality",
 )
 
 
@@ -41,24 +42,42 @@ def to_data_labels(pred: np.ndarray, target: str) -> np.ndarray:
     return pred
 
 
+def predicted_instances(probs: np.ndarray, target: str, config: Any) -> np.ndarray:
+    """Objects ``(*S)`` from probabilities ``(K, *S)``: the 3-class route for a ``three_class`` net,
+    the foreground watershed (or components, per ``config``) otherwise."""
+    from ..instances import instances_from_foreground, instances_from_three_class
+
+    if target == "three_class":
+        return instances_from_three_class(probs, config)
+    if probs.shape[0] != 2:
+        raise ValueError("instance scores need a binary (foreground) or a three_class run")
+    return instances_from_foreground(probs[1], config)
+
+
 def score_images(
     predictor: Any,
-    items: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    items: Iterable[tuple],
     classes: Any,
     *,
     target: str = "semantic",
     spacing: Optional[Sequence[float]] = None,
     rand_sweep: bool = True,
+    instance_config: Any = None,
 ) -> list[Scored]:
-    """Predict each ``(name, image (C, *S) normalised, truth (*S))`` with ``predictor`` and score it.
+    """Predict each ``(name, image (C, *S) normalised, truth (*S)[, true instances (*S)])`` with
+    ``predictor`` and score it.
 
     With ``rand_sweep`` two-class problems also get their Rand error at each ISBI threshold, from
     which :func:`summary_of` reports ``rand_error_best`` / ``rand_threshold`` (the ISBI 2012
     protocol, :func:`~unetkit.metrics.best_rand_error`; skipped in per-epoch validation for speed).
+    With ``instance_config`` (an :class:`~unetkit.instances.InstanceConfig`) and true instances in
+    the items, the object-level scores of :mod:`unetkit.instance_metrics` are added.
     """
+    from ..instance_metrics import instance_scores
+
     scored = []
     binary = classes.num_classes == 2 and target == "semantic"
-    for name, image, truth in items:
+    for name, image, truth, *true_instances in items:
         probs = predictor.predict_proba(image)
         pred = to_data_labels(predictor.labels_from_blocks(probs), target)
         metrics = segmentation_metrics(
@@ -75,6 +94,9 @@ def score_images(
             sweep = rand_errors_by_threshold(np.where(keep, probs[1], 0.0), np.where(keep, truth, 0))
         else:
             sweep = None
+        if instance_config is not None and true_instances:
+            found = predicted_instances(probs, target, instance_config)
+            metrics.update(instance_scores(true_instances[0], found).to_dict())
         scored.append(Scored(name, image, truth, pred, metrics, sweep))
     return scored
 
@@ -180,13 +202,16 @@ def evaluate_run(
     worst: int = 4,
     metric: Optional[str] = None,
     progress: bool = False,
+    instance_config: Any = None,
 ) -> dict[str, Any]:
     """Score a RUN's best model on a dataset folder and write the report (see :func:`write_report`).
 
     With ``save_masks`` the predicted masks go to ``out_dir/masks/`` in the encoding of the
-    training masks (0/255, palette, RGB...), one per image, named like the image.
+    training masks (0/255, palette, RGB...), one per image, named like the image. With
+    ``instance_config`` objects are scored too, against the dataset's ``instances/`` (or the
+    connected components of the masks when it has none).
     """
-    from ..data.dataset import check_dataset, find_samples, load_sample
+    from ..data.dataset import check_dataset, find_samples, load_instances, load_sample
     from ..inference import Predictor
     from .run import Run
 
@@ -195,12 +220,19 @@ def evaluate_run(
     samples = find_samples(data_dir)
     normalize = run.config.data.normalize
     predictor = Predictor(run.model, classes=run.classes, tta=tta)
-    items = ((s.name, *load_sample(s, run.classes, normalize)) for s in samples)
+    def item(sample: Any) -> tuple:
+        image, truth = load_sample(sample, run.classes, normalize)
+        if instance_config is None:
+            return sample.name, image, truth
+        return sample.name, image, truth, load_instances(sample, truth, run.classes)
+
+    items = (item(s) for s in samples)
     if progress:
         from tqdm.auto import tqdm
 
         items = tqdm(items, total=len(samples), desc="evaluating", unit="image")
-    scored = score_images(predictor, items, run.classes, target=run.config.data.target)
+    scored = score_images(predictor, items, run.classes, target=run.config.data.target,
+                          instance_config=instance_config)
     out_dir = Path(out_dir)
     if save_masks:
         for s in scored:

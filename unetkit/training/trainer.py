@@ -195,6 +195,8 @@ class Trainer:
         self.data = prepare_data(self.config)
         self.config = resolve_model_config(self.config, self.data)
         self.model = (self.custom_model or build_model(self.config.model)).to(self.device)
+        if self.custom_model is not None:  # config.json then describes the network really trained
+            self.config = dataclasses.replace(self.config, model=self.custom_model.config)
         if self.device.type == "cuda" and self.config.model.dims == 2:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, self.config)
