@@ -30,6 +30,16 @@ import numpy as np
 from scipy import ndimage, sparse
 from skimage.measure import label as connected_components
 
+# Object-level scores live in their own module; they are part of this public namespace too.
+from .instance_metrics import (  # noqa: F401
+    DSB_THRESHOLDS,
+    InstanceScores,
+    aggregated_jaccard_index,
+    instance_scores,
+    iou_matrix,
+    match_counts,
+)
+
 
 def confusion_matrix(
     pred: np.ndarray, truth: np.ndarray, num_classes: int, ignore_index: Optional[int] = None
