@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .blocks import NORMS, PADDINGS, conv_nd, norm_layer
+from .blocks import NORMS, PADDINGS, check_option, conv_nd, norm_layer
 from .config import ModelConfig
 from .sizes import SizeRules
 from .unet import Dropout, UNet, init_he_normal
@@ -67,10 +67,8 @@ class PlainFCN(nn.Module, SizeRules):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if padding not in PADDINGS:
-            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        check_option("padding", padding, PADDINGS)
+        check_option("norm", norm, NORMS)
         if not isinstance(dropout, (int, float)):
             raise ValueError("PlainFCN takes a single dropout rate")
         self.dims = dims

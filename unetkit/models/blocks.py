@@ -18,6 +18,12 @@ UP_MODES = ("transpose", "bilinear", "nearest", "unpool")
 NORMS = (None, "batch", "instance", "group")
 
 
+def check_option(name: str, value: object, options: tuple) -> None:
+    """Raise ``ValueError`` naming the choices when ``value`` is not one of ``options``."""
+    if value not in options:
+        raise ValueError(f"{name} must be one of {options}, got {value!r}")
+
+
 def conv_nd(dims: int) -> type[nn.Module]:
     return {2: nn.Conv2d, 3: nn.Conv3d}[_check_dims(dims)]
 
@@ -70,8 +76,7 @@ class ConvBlock(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if padding not in PADDINGS:
-            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+        check_option("padding", padding, PADDINGS)
         conv = conv_nd(dims)
         pad = 1 if padding == "same" else 0
         bias = norm is None
@@ -198,8 +203,7 @@ class Up(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if up_mode not in UP_MODES:
-            raise ValueError(f"up_mode must be one of {UP_MODES}, got {up_mode!r}")
+        check_option("up_mode", up_mode, UP_MODES)
         self.dims = dims
         self.up_mode = up_mode
         conv = conv_nd(dims)

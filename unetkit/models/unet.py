@@ -7,7 +7,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .blocks import NORMS, PADDINGS, UP_MODES, ConvBlock, Down, Up, conv_nd
+from .blocks import NORMS, PADDINGS, UP_MODES, ConvBlock, Down, Up, check_option, conv_nd
 from .config import ModelConfig
 from .sizes import SizeRules
 
@@ -70,12 +70,9 @@ class UNet(nn.Module, SizeRules):
         skip_connections: bool = True,
     ) -> None:
         super().__init__()
-        if padding not in PADDINGS:
-            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
-        if up_mode not in UP_MODES:
-            raise ValueError(f"up_mode must be one of {UP_MODES}, got {up_mode!r}")
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        check_option("padding", padding, PADDINGS)
+        check_option("up_mode", up_mode, UP_MODES)
+        check_option("norm", norm, NORMS)
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         self.dims = dims
