@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import BinaryIO, Callable, Optional, Union
 
 import numpy as np
 
@@ -93,7 +93,7 @@ def _read_error(path: Path, exc: BaseException) -> DataError:
     )
 
 
-def _read_pil(path: Path, *, palette_to_rgb: bool) -> np.ndarray:
+def _read_pil(path: Union[Path, BinaryIO], *, palette_to_rgb: bool) -> np.ndarray:
     """Pixels as stored, channels last; palette images give indices unless ``palette_to_rgb``."""
     from PIL import Image
 
@@ -115,6 +115,12 @@ def _drop_opaque_alpha(array: np.ndarray) -> np.ndarray:
         if alpha.size and alpha.min() == alpha.max() == np.iinfo(array.dtype).max:
             return array[..., :-1]
     return array
+
+
+def decode_picture(source: Union[Path, BinaryIO]) -> np.ndarray:
+    """A PNG/JPEG/BMP/TIFF picture (a path or an open binary stream) as displayed: channels last,
+    palettes as colours, a fully opaque alpha channel dropped. ``(H, W)`` or ``(H, W, C)``."""
+    return _drop_opaque_alpha(_read_pil(source, palette_to_rgb=True))
 
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
@@ -169,7 +175,7 @@ def read_image(path: PathLike, *, pages_as_channels: bool = False) -> np.ndarray
 
     def read(path: Path, suffix: str) -> np.ndarray:
         if suffix in PIL_SUFFIXES:
-            array = _drop_opaque_alpha(_read_pil(path, palette_to_rgb=True))
+            array = decode_picture(path)
             return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
         if suffix in TIFF_SUFFIXES:
             return _tiff_to_channel_first(*_read_tiff(path), pages_as_channels=pages_as_channels)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.io import _drop_opaque_alpha, _read_pil
+from ..data.io import decode_picture
 
 MB = 1024 * 1024
 # Pillow plugins tried on uploads; formats that need outside programs (EPS: Ghostscript) are not.
@@ -78,7 +78,7 @@ def decode_upload(data: bytes, limits: Limits) -> np.ndarray:
         # which opens without a format list, picks that same plugin.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            array = _drop_opaque_alpha(_read_pil(io.BytesIO(data), palette_to_rgb=True))
+            array = decode_picture(io.BytesIO(data))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as exc:
         raise UploadError(
             400, f"the image is truncated or damaged ({exc}): upload the complete file"
