@@ -1,30 +1,38 @@
 """Instance segmentation: route 1 (foreground + watershed), route 2 (3-class target) and the classical
 baseline (Otsu + distance watershed), scored with the object-level metrics.
 
-Run by hand (heavy: trains two or three networks):
+Run by hand (heavy: trains two or three networks, each exactly as a user would, with the default plan):
 
-    .venv/bin/python benchmarks/bench_instances.py dsb2018 --minutes 20 --work /tmp/bench_instances
-    .venv/bin/python benchmarks/bench_instances.py synthetic --minutes 3 --work /tmp/bench_instances
+    unetkit train TRAIN --val VAL --out route1 --max-minutes M                          # route 1
+    unetkit train TRAIN --val VAL --out route2 --max-minutes M --target three-class     # route 2
 
-``dsb2018`` uses ``../shared/data/dsb2018`` with a seeded validation split of 40 images (the data stay where
-they are; the split is made of symbolic links under ``--work``). ``synthetic`` trains on generated crowded
-cells and adds route 1 trained with the paper's border weight map, to show what the map buys.
-Prints one markdown table: mean over validation images of AP@0.5 (TP / (TP + FP + FN)), the DSB score,
-F1@0.5, AJI and PQ.
+    flock /tmp/unetkit-heavy.lock python benchmarks/bench_instances.py dsb2018 --minutes 20
+    flock /tmp/unetkit-heavy.lock python benchmarks/bench_instances.py synthetic --minutes 3
+
+``dsb2018`` uses ``../shared/data/dsb2018`` with the 40-image validation split of
+``bench_train_datasets.py`` (symbolic links under ``--work``), and takes that script's dsb2018 run as
+route 1 when it exists (the same command, so it is not trained twice); any route whose run folder
+under ``--work`` holds a finished model is scored without training it again. ``synthetic`` trains on
+generated crowded cells and adds route 1 trained with the paper's border weight map
+(``--loss.name weighted_ce --data.weight-map true``), to show what the map buys. Prints one markdown
+table: mean over validation images of AP@0.5 (TP / (TP + FP + FN)), the DSB score, F1@0.5, AJI and PQ;
+for dsb2018 also AP@0.5 per imaging modality (the StarDist reference figures are for fluorescence).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import csv
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+from bench_train_datasets import split_dsb
 
-from unetkit.config import TrainConfig
-from unetkit.data.dataset import Sample, find_samples, split_samples
+from unetkit.data.dataset import Sample, find_samples
 from unetkit.data.io import read_image, read_label_image
 from unetkit.data.normalize import NormalizeConfig, normalize_image
 from unetkit.data.synthetic import write_synthetic_dataset
@@ -35,49 +43,47 @@ from unetkit.instances import (
     instances_from_three_class,
     otsu_watershed,
 )
-from unetkit.training import train
 
 DSB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dsb2018"
 METRICS = ("ap_50", "dsb_score", "f1_50", "aji", "panoptic_quality")
+UNETKIT = [sys.executable, "-m", "unetkit"]
+ROUTE_FLAGS = {
+    "semantic": [],
+    "weighted": ["--loss.name", "weighted_ce", "--data.weight-map", "true"],
+    "three_class": ["--target", "three-class"],
+}
 
 
-def link_split(samples: Sequence[Sample], folder: Path) -> Path:
-    """A dataset folder of symbolic links to ``samples`` (images/, masks/, instances/)."""
-    for sample in samples:
-        for kind, path in (("images", sample.image), ("masks", sample.mask), ("instances", sample.instances)):
-            if path is None:
-                continue
-            target = folder / kind / path.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if not target.exists():
-                os.symlink(path.resolve(), target)
-    return folder
-
-
-def train_route(train_dir: Path, val_dir: Path, out: Path, minutes: float, *, target: str,
-                weight_map: bool) -> Path:
-    overrides = {
-        "data": {"train": str(train_dir), "val": str(val_dir), "target": target, "weight_map": weight_map},
-        "budget": {"max_minutes": minutes, "epochs": 10_000},
-        "out": str(out),
-    }
-    if weight_map:
-        overrides["loss"] = {"name": "weighted_ce"}
-    if target == "three_class":
-        overrides["model"] = {"num_classes": 3}
+def train_route(train_dir: Path, val_dir: Path, out: Path, minutes: float, flags: Sequence[str]) -> Path:
+    """``unetkit train`` with the default plan plus ``flags``; returns the run folder."""
+    cmd = [*UNETKIT, "train", str(train_dir), "--val", str(val_dir), "--out", str(out)]
+    cmd += ["--max-minutes", f"{minutes:g}", "--no-progress", *flags]
+    print("$", " ".join(cmd), flush=True)
     start = time.perf_counter()
-    run = train(TrainConfig.from_dict(overrides), progress_bar=False, log=lambda _: None)
-    print(f"trained {out.name} in {(time.perf_counter() - start) / 60:.1f} min: {run!r}", flush=True)
-    return run.path
+    subprocess.run(cmd, check=True)
+    print(f"trained {out.name} in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    return out
 
 
-def score(samples: Sequence[Sample], segment: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
+def score(samples: Sequence[Sample], segment: Callable[[np.ndarray], np.ndarray]) -> list[dict[str, float]]:
+    """Object scores of ``segment`` on each sample (one dict per image, named by ``"name"``)."""
     rows = []
     for sample in samples:
         image = read_image(sample.image)
         truth = read_label_image(sample.instances)
-        rows.append(instance_scores(truth, segment(image)).to_dict())
-    return {m: float(np.mean([r[m] for r in rows])) for m in METRICS}
+        rows.append({"name": sample.name, **instance_scores(truth, segment(image)).to_dict()})
+    return rows
+
+
+def mean(rows: Sequence[dict], names: Optional[set[str]] = None) -> dict[str, float]:
+    picked = [r for r in rows if names is None or r["name"] in names]
+    return {m: float(np.mean([r[m] for r in picked])) if picked else float("nan") for m in METRICS}
+
+
+def dsb_modalities() -> dict[str, str]:
+    """Image id -> modality guess from dsb2018's ``index.tsv``."""
+    with open(DSB / "index.tsv", newline="") as fh:
+        return {row["id"]: row["modality_guess"] for row in csv.DictReader(fh, delimiter="\t")}
 
 
 def predictor_route(run_dir: Path, route: str, config: InstanceConfig) -> Callable[[np.ndarray], np.ndarray]:
@@ -103,39 +109,54 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", choices=("dsb2018", "synthetic"))
     parser.add_argument("--minutes", type=float, default=20.0, help="training budget per network")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/bench_instances"))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/unetkit-bench"))
+    parser.add_argument("--threads", type=int, help="torch threads per training (runs sharing the machine)")
     args = parser.parse_args(argv)
     work = args.work / args.dataset
+    routes = [("route1", "route 1: foreground + watershed", "semantic"),
+              ("route2", "route 2: 3-class (interior/border)", "three_class")]
     if args.dataset == "dsb2018":
-        samples = find_samples(DSB)
-        train_samples, val_samples = split_samples(samples, 40 / len(samples), args.seed)
+        train_dir, val_dir = split_dsb(work / "split")
+        done = {"route1": work / "run"}  # bench_train_datasets.py --dataset dsb2018: the same command
     else:
-        train_samples = find_samples(write_synthetic_dataset(work / "gen_train", 24, size=256, seed=1))
-        val_samples = find_samples(write_synthetic_dataset(work / "gen_val", 8, size=256, seed=2))
-    train_dir = link_split(train_samples, work / "train")
-    val_dir = link_split(val_samples, work / "val")
-    print(f"{args.dataset}: {len(train_samples)} training, {len(val_samples)} validation images", flush=True)
+        train_dir = write_synthetic_dataset(work / "gen_train", 24, size=256, seed=1)
+        val_dir = write_synthetic_dataset(work / "gen_val", 8, size=256, seed=2)
+        done = {}
+        routes.insert(1, ("route1_weighted", "route 1 + border weight map", "weighted"))
+    val_samples = find_samples(val_dir)
+    print(f"{args.dataset}: {len(find_samples(train_dir))} training, {len(val_samples)} validation images",
+          flush=True)
 
     instance_config = InstanceConfig()
-    results: dict[str, dict[str, float]] = {
-        "classical (Otsu + distance watershed)": score(val_samples, classical(instance_config)),
-    }
-    routes = [("route1", "route 1: foreground + watershed", "semantic", False),
-              ("route2", "route 2: 3-class (interior/border)", "three_class", False)]
-    if args.dataset == "synthetic":
-        routes.insert(1, ("route1_weighted", "route 1 + border weight map", "semantic", True))
-    for key, name, target, weight_map in routes:
-        run_dir = train_route(
-            train_dir, val_dir, work / key, args.minutes, target=target, weight_map=weight_map
-        )
-        results[name] = score(val_samples, predictor_route(run_dir, target, instance_config))
+    results = {"classical (Otsu + distance watershed)": score(val_samples, classical(instance_config))}
+    for key, name, kind in routes:
+        run_dir = done.get(key, work / key)
+        if (run_dir / "model.safetensors").is_file():
+            print(f"{name}: using the finished run {run_dir}", flush=True)
+        else:
+            flags = ROUTE_FLAGS[kind] + (["--threads", str(args.threads)] if args.threads else [])
+            run_dir = train_route(train_dir, val_dir, work / key, args.minutes, flags)
+        route = "three_class" if kind == "three_class" else "semantic"
+        results[name] = score(val_samples, predictor_route(run_dir, route, instance_config))
 
     print(f"\n| method ({args.dataset}, {len(val_samples)} val images, {args.minutes:g} min training) | "
           + " | ".join(METRICS) + " |")
     print("|---" * (len(METRICS) + 1) + "|")
-    for name, values in results.items():
+    for name, rows in results.items():
+        values = mean(rows)
         print(f"| {name} | " + " | ".join(f"{values[m]:.3f}" for m in METRICS) + " |")
+    if args.dataset == "dsb2018":
+        modality = dsb_modalities()
+        kinds = sorted({modality[s.name] for s in val_samples})
+        counts = {k: sum(modality[s.name] == k for s in val_samples) for k in kinds}
+        print("\nAP@0.5 by modality (" + ", ".join(f"{k}: {counts[k]} images" for k in kinds) + ")\n")
+        print("| method | " + " | ".join(kinds) + " |")
+        print("|---" * (len(kinds) + 1) + "|")
+        for name, rows in results.items():
+            by_kind = [
+                mean(rows, {s.name for s in val_samples if modality[s.name] == k})["ap_50"] for k in kinds
+            ]
+            print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in by_kind) + " |")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -78,7 +79,7 @@ def split_camvid(work: Path) -> tuple[Path, Path]:
     return parts["train"], parts["val"]
 
 
-def run_dataset(name: str, minutes: float, work: Path) -> dict:
+def run_dataset(name: str, minutes: float, work: Path, threads: Optional[int] = None) -> dict:
     split = split_dsb if name == "dsb2018" else split_camvid
     train_dir, val_dir = split(work / name / "split")
     run = work / name / "run"
@@ -86,6 +87,8 @@ def run_dataset(name: str, minutes: float, work: Path) -> dict:
         raise SystemExit(f"{run} exists; remove it to re-run")
     cmd = [*UNETKIT, "train", str(train_dir), "--val", str(val_dir), "--out", str(run)]
     cmd += ["--max-minutes", f"{minutes:g}", "--no-progress"]
+    if threads:
+        cmd += ["--threads", str(threads)]
     print("$", " ".join(cmd), flush=True)
     started = time.time()
     subprocess.run(cmd, check=True)
@@ -98,6 +101,7 @@ def run_dataset(name: str, minutes: float, work: Path) -> dict:
     history = read_csv(run / "metrics.csv")
     result = {
         "dataset": name,
+        "threads": threads,
         "minutes": minutes,
         "wall_s": wall,
         "epochs": len(history),
@@ -121,10 +125,11 @@ def run_dataset(name: str, minutes: float, work: Path) -> dict:
 
 def table(work: Path) -> str:
     lines = [
-        "| dataset | val images | plan (model, patch, loss, normalisation) | budget (min) | epochs | steps "
+        "| dataset | threads | val images | plan (model, patch, loss, normalisation) | budget (min) | epochs "
+        "| steps "
         "| batches/s | Dice (mean over images) | IoU (mean over images) | dataset Dice | dataset (mean) IoU "
         "| pixel accuracy |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in DATASETS:
         path = work / f"result-{name}.json"
@@ -132,7 +137,8 @@ def table(work: Path) -> str:
             continue
         r = json.loads(path.read_text())
         lines.append(
-            f"| {name} | {r['n_val']} | {r['model']}, {r['patch']} px, {r['loss']}, {r['normalize']} "
+            f"| {name} | {r.get('threads') or 'all'} | {r['n_val']} "
+            f"| {r['model']}, {r['patch']} px, {r['loss']}, {r['normalize']} "
             f"| {r['minutes']:g} | {r['epochs']} | {r['steps']} | {r['batches_per_s']:.2f} | {r['dice']:.4f} "
             f"| {r['iou']:.4f} | {r['global_dice']:.4f} | {r['global_iou']:.4f} | {r['pixel_accuracy']:.4f} |"
         )
@@ -152,10 +158,11 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--work", default="/tmp/unetkit-bench")
     parser.add_argument("--table", action="store_true")
+    parser.add_argument("--threads", type=int, help="torch threads (runs sharing the machine)")
     args = parser.parse_args()
     work = Path(args.work)
     if args.dataset:
-        print(json.dumps(run_dataset(args.dataset, args.minutes, work), indent=2))
+        print(json.dumps(run_dataset(args.dataset, args.minutes, work, args.threads), indent=2))
     if args.table or not args.dataset:
         print(table(work))
     return 0

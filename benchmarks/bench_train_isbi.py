@@ -11,7 +11,12 @@ The split is two folders of symlinks under the work folder; nothing is copied.
 ``default`` is exactly what a user types: ``unetkit train TRAIN --val VAL --out RUN --max-minutes 20``.
 ``noskip`` adds ``--model.architecture encoder_decoder`` (the same plan without skip connections).
 ``monai`` trains MONAI's ``BasicUNet`` with unetkit's trainer and the default run's config, so the
-only difference is the network. Each run is then scored with ``unetkit evaluate RUN VAL``.
+only difference is the network. Each run is then scored with ``unetkit evaluate RUN VAL``, and again
+with ``--tta`` (flips and 90-degree rotations averaged, as the paper averaged rotated inputs).
+
+``--threads N`` trains with N torch threads into ``run-<model>-t<N>``: three such runs started
+together (``--threads 1`` each, on a 2-core machine) share the machine equally, so the comparison
+table is one run under the same conditions.
 """
 
 from __future__ import annotations
@@ -89,7 +94,9 @@ class MonaiBasicUNet(nn.Module, SizeRules):
         return self.net(x)
 
 
-def train_monai(train_dir: Path, val_dir: Path, run: Path, default_run: Path, minutes: float) -> None:
+def train_monai(
+    train_dir: Path, val_dir: Path, run: Path, default_run: Path, minutes: float, threads: Optional[int]
+) -> None:
     from unetkit.config import apply_overrides, load_config
     from unetkit.training import train
 
@@ -101,13 +108,16 @@ def train_monai(train_dir: Path, val_dir: Path, run: Path, default_run: Path, mi
             "budget.max_minutes": minutes,
             "data.train": str(train_dir),
             "data.val": str(val_dir),
+            "threads": threads,
         },
     )
     model = MonaiBasicUNet(config.model.in_channels, config.model.num_classes, config.model.base_channels)
     train(config, model=model, progress_bar=False)
 
 
-def evaluate_in_process(run: Path, val_dir: Path, out: Path, model: Optional[nn.Module] = None) -> dict:
+def evaluate_in_process(
+    run: Path, val_dir: Path, out: Path, model: Optional[nn.Module] = None, tta: bool = False
+) -> dict:
     """Score a run whose network cannot be rebuilt from ``model.json`` (the MONAI one)."""
     from safetensors.torch import load_file
 
@@ -118,7 +128,7 @@ def evaluate_in_process(run: Path, val_dir: Path, out: Path, model: Optional[nn.
 
     info = Run.load(run)
     model.load_state_dict(load_file(str(run / "model.safetensors")))
-    predictor = Predictor(model.eval(), classes=info.classes)
+    predictor = Predictor(model.eval(), classes=info.classes, tta=tta)
     items = [
         (s.name, *load_sample(s, info.classes, info.config.data.normalize)) for s in find_samples(val_dir)
     ]
@@ -126,42 +136,57 @@ def evaluate_in_process(run: Path, val_dir: Path, out: Path, model: Optional[nn.
     return write_report(out, scored, info.classes, title=f"MONAI BasicUNet on {val_dir}")
 
 
-def run_model(name: str, minutes: float, work: Path) -> dict:
+def tagged(name: str, threads: Optional[int]) -> str:
+    return f"{name}-t{threads}" if threads else name
+
+
+def run_model(name: str, minutes: float, work: Path, threads: Optional[int] = None) -> dict:
     """Train ``name`` on the split within ``minutes``, then score it (see :func:`collect`)."""
     train_dir, val_dir = make_split(work / "split")
-    run = work / f"run-{name}"
+    run = work / f"run-{tagged(name, threads)}"
     if run.exists():
         raise SystemExit(f"{run} exists; remove it to re-run, or --collect it")
     started = time.time()
     if name == "monai":
-        train_monai(train_dir, val_dir, run, work / "run-default", minutes)
+        train_monai(train_dir, val_dir, run, work / "run-default", minutes, threads)
     else:
         cmd = [*UNETKIT, "train", str(train_dir), "--val", str(val_dir), "--out", str(run)]
         cmd += ["--max-minutes", f"{minutes:g}", "--no-progress"]
+        if threads:
+            cmd += ["--threads", str(threads)]
         if name == "noskip":
             cmd += ["--model.architecture", "encoder_decoder"]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
-    return collect(name, minutes, work, time.time() - started)
+    return collect(name, minutes, work, time.time() - started, threads)
 
 
-def collect(name: str, minutes: float, work: Path, wall: Optional[float] = None) -> dict:
-    """Score a finished run on the validation sections and write ``work/result-<name>.json``."""
+def score(name: str, run: Path, val_dir: Path, tta: bool) -> dict:
+    out = run / ("eval-tta" if tta else "eval")
+    if name == "monai":
+        return evaluate_in_process(run, val_dir, out, _load_any(run, name), tta=tta)
+    cmd = [*UNETKIT, "evaluate", str(run), str(val_dir), "--out", str(out)] + (["--tta"] if tta else [])
+    subprocess.run(cmd, check=True)
+    return json.loads((out / "summary.json").read_text())
+
+
+def collect(
+    name: str, minutes: float, work: Path, wall: Optional[float] = None, threads: Optional[int] = None
+) -> dict:
+    """Score a finished run on the validation sections and write ``work/result-<name>[-t<N>].json``."""
     from unetkit.training.reporting import read_csv
 
-    run = work / f"run-{name}"
+    run = work / f"run-{tagged(name, threads)}"
     val_dir = work / "split" / "val"
-    if name == "monai":
-        summary = evaluate_in_process(run, val_dir, run / "eval", _load_any(run, name))
-    else:
-        subprocess.run([*UNETKIT, "evaluate", str(run), str(val_dir), "--out", str(run / "eval")], check=True)
-        summary = json.loads((run / "eval" / "summary.json").read_text())
+    summary = score(name, run, val_dir, tta=False)
+    with_tta = score(name, run, val_dir, tta=True)
     history = read_csv(run / "metrics.csv")
-    previous = work / f"result-{name}.json"
+    previous = work / f"result-{tagged(name, threads)}.json"
     if wall is None and previous.is_file():
         wall = json.loads(previous.read_text())["wall_s"]
     result = {
         "model": name,
+        "threads": threads,
         "minutes": minutes,
         "wall_s": wall,
         "train_s": history[-1]["elapsed_s"],
@@ -171,8 +196,10 @@ def collect(name: str, minutes: float, work: Path, wall: Optional[float] = None)
         "params": sum(p.numel() for p in _load_any(run, name).parameters()),
         **{k: summary[k] for k in ("pixel_error", "rand_error", "rand_error_best", "rand_threshold", "dice",
                                    "iou", "hd95")},
+        **{f"{k}_tta": with_tta[k] for k in ("pixel_error", "rand_error", "rand_error_best",
+                                             "rand_threshold")},
     }
-    (work / f"result-{name}.json").write_text(json.dumps(result, indent=2))
+    (work / f"result-{tagged(name, threads)}.json").write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -186,27 +213,26 @@ def _load_any(run: Path, name: str) -> nn.Module:
 
 
 def table(work: Path) -> str:
-    rows = [
-        json.loads((work / f"result-{m}.json").read_text())
-        for m in MODELS
-        if (work / f"result-{m}.json").is_file()
-    ]
+    rows = [json.loads(p.read_text()) for p in sorted(work.glob("result-*.json"))]
     label = {
         "default": "unetkit U-Net (default plan)",
         "noskip": "no-skip encoder-decoder (same plan)",
         "monai": "MONAI BasicUNet (unetkit trainer, same plan)",
     }
     lines = [
-        "| model | params | budget (min) | epochs | steps | batches/s | pixel error | Rand error (0.5) "
-        "| Rand error (ISBI protocol, threshold) | Dice | IoU | HD95 (px) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | threads | params | budget (min) | epochs | steps | batches/s | pixel error "
+        "| Rand error (0.5) | Rand error (ISBI protocol, threshold) | Dice | IoU | HD95 (px) "
+        "| with TTA: pixel error | with TTA: Rand error (ISBI protocol, threshold) |",
+        "|---" * 15 + "|",
     ]
     for r in rows:
         lines.append(
-            f"| {label[r['model']]} | {r['params']:,} | {r['minutes']:g} | {r['epochs']} | {r['steps']} | "
+            f"| {label[r['model']]} | {r.get('threads') or 'all'} | {r['params']:,} | {r['minutes']:g} "
+            f"| {r['epochs']} | {r['steps']} | "
             f"{r['batches_per_s']:.2f} | {r['pixel_error']:.4f} | {r['rand_error']:.4f} | "
             f"{r['rand_error_best']:.4f} ({r['rand_threshold']:g}) | {r['dice']:.4f} | {r['iou']:.4f} | "
-            f"{r['hd95']:.2f} |"
+            f"{r['hd95']:.2f} | {r['pixel_error_tta']:.4f} | "
+            f"{r['rand_error_best_tta']:.4f} ({r['rand_threshold_tta']:g}) |"
         )
     return "\n".join(lines)
 
@@ -220,11 +246,12 @@ def main() -> int:
     parser.add_argument("--work", default="/tmp/unetkit-bench/isbi")
     parser.add_argument("--table", action="store_true", help="print the table of the finished runs")
     parser.add_argument("--collect", action="store_true", help="score an existing run of --model again")
+    parser.add_argument("--threads", type=int, help="torch threads per run (runs sharing the machine)")
     args = parser.parse_args()
     work = Path(args.work)
     if args.model:
         run = collect if args.collect else run_model
-        result = run(args.model, args.minutes, work)
+        result = run(args.model, args.minutes, work, threads=args.threads)
         print(json.dumps(result, indent=2))
     if args.table or not args.model:
         print(table(work))

@@ -29,6 +29,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "poly")
 TARGETS = ("semantic", "three_class")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
 #: Metrics where lower is better; every other monitored metric is maximised.
 LOWER_IS_BETTER = ("loss", "val_loss", "pixel_error", "rand_error", "hd95")
 PRESETS = ("auto", "paper", "tutorial")
@@ -66,7 +67,9 @@ class OptimConfig:
     """Optimiser: ``"adam"`` (the tutorial), ``"adamw"`` or ``"sgd"`` (the paper, momentum 0.99).
 
     ``grad_clip``: maximum gradient norm (``None`` = off); ``accumulate``: batches whose
-    gradients are summed before one optimiser step.
+    gradients are summed before one optimiser step; ``ema``: decay of an exponential moving
+    average of the weights (e.g. 0.99, about the last 100 steps), which is then the model that is
+    validated and saved (``None`` = off).
     """
 
     name: str = "adam"
@@ -75,6 +78,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     grad_clip: Optional[float] = 12.0
     accumulate: int = 1
+    ema: Optional[float] = None
 
 
 @dataclass
@@ -114,6 +118,9 @@ class TrainConfig:
     """Everything a training run needs; saved as ``RUN/config.json``.
 
     ``out``: the run folder; ``device``: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``;
+    ``precision``: ``"auto"`` trains in bfloat16 mixed precision where the hardware computes it
+    natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), float16 with loss scaling on older
+    GPUs, float32 elsewhere; ``"fp32"`` always float32; ``"bf16"`` bfloat16 even when emulated;
     ``threads``: CPU threads for PyTorch (``None`` = all cores); ``num_samples``: validation
     images drawn as overlays in ``RUN/samples/``; ``tensorboard``: also log to TensorBoard when
     it is installed.
@@ -133,6 +140,7 @@ class TrainConfig:
     seed: int = 0
     out: str = "run"
     device: str = "auto"
+    precision: str = "auto"
     threads: Optional[int] = None
     num_samples: int = 4
     tensorboard: bool = False
@@ -153,6 +161,7 @@ class TrainConfig:
             ("loss.name", self.loss.name, LOSSES),
             ("data.target", self.data.target, TARGETS),
             ("device", self.device, DEVICES),
+            ("precision", self.precision, PRECISIONS),
         ]
         for name, value, options in checks:
             if value not in options:

@@ -8,7 +8,7 @@ from PIL import Image
 
 from unetkit.cli import main
 from unetkit.data.synthetic import write_synthetic_dataset
-from unetkit.training.planner import Machine, plan_training
+from unetkit.training.planner import MIN_EPOCH_SECONDS, Machine, plan_training
 
 CPU = Machine("cpu", cpus=2, memory_gb=8.0)
 GPU = Machine("cuda", cpus=16, memory_gb=128.0, gpu="test GPU", gpu_memory_gb=80.0)
@@ -56,6 +56,9 @@ def test_plan_times_a_step_and_sizes_the_budget(cells):
     plan = plan_training(cells, machine=CPU, max_minutes=5)
     assert plan.seconds_per_step > 0
     assert plan.config.budget.max_minutes == 5 and plan.config.budget.epochs >= 100
+    # Tiny images train fast: epochs are lengthened so that validating after each stays cheap.
+    steps = plan.config.data.patches_per_epoch // plan.config.data.batch_size
+    assert steps * plan.seconds_per_step >= MIN_EPOCH_SECONDS * 0.99 and "small share" in plan.format()
 
 
 def test_train_print_config_applies_overrides(cells, capsys):
@@ -89,3 +92,17 @@ def test_train_then_evaluate_from_the_command_line(cells, tmp_path, capsys):
     assert "dice" in out and "report.md" in out
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["num_images"] == 4 and 0 <= summary["rand_error_best"] <= summary["rand_error"] + 1e-9
+
+
+def test_plan_for_the_three_class_target(cells):
+    plan = plan_training(cells, machine=CPU, measure=False, target="three_class")
+    c = plan.config
+    assert c.data.target == "three_class" and c.model.num_classes == 3
+    assert c.loss.name == "ce_dice" and c.budget.monitor == "mean_iou"
+    assert "border" in plan.format()
+
+
+def test_train_target_flag_plans_three_classes(cells, capsys):
+    assert main(["train", str(cells), "--target", "three-class", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "target: three_class" in out and "num_classes: 3" in out and "name: ce_dice" in out

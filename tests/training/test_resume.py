@@ -17,7 +17,7 @@ SETTINGS = {
     "model.depth": "2", "model.base_channels": "8", "model.num_classes": "1", "model.dropout": "0.1",
     "data.patch_size": "64", "data.batch_size": "4", "data.patches_per_epoch": "32",
     "data.val_fraction": "0.25", "schedule.name": "cosine", "schedule.warmup_steps": "3",
-    "budget.epochs": "4", "threads": "1",
+    "budget.epochs": "4", "threads": "1", "optim.ema": "0.9",
 }
 STEPS_PER_EPOCH = 32 // 4
 
@@ -91,6 +91,8 @@ def test_interrupted_run_resumes_where_it_stopped(data, reference, tmp_path, how
         assert h["lr"] == pytest.approx(config.optim.lr * lr_factor(step, step / total, config), rel=1e-4)
     # Killed: the lost epoch is repeated exactly; Ctrl-C: the epoch goes on with its next batch.
     assert [h["loss"] for h in run.history] == pytest.approx([h["loss"] for h in reference.history], rel=1e-5)
+    # The weight average (the validated model) is restored too.
+    assert [h["dice"] for h in run.history] == pytest.approx([h["dice"] for h in reference.history], rel=1e-5)
 
 
 def test_resume_refuses_config_changes_and_missing_state(reference, tmp_path, capsys):

@@ -13,7 +13,7 @@ from unetkit.data.synthetic import write_synthetic_dataset
 from unetkit.training import Run, Trainer, TrainingDiverged, train
 from unetkit.training.evaluation import evaluate_run
 from unetkit.training.state import load_state
-from unetkit.training.trainer import lr_factor
+from unetkit.training.trainer import lr_factor, mixed_precision_dtype
 
 TINY = {
     "model.depth": 2,
@@ -95,6 +95,26 @@ def test_same_seed_same_losses(cells, tmp_path):
         log=lambda _: None,
     )
     assert [h["loss"] for h in other.history] != [h["loss"] for h in runs[0].history]
+
+
+def test_precision_choice_and_bf16_training(cells, tmp_path):
+    cpu = torch.device("cpu")
+    assert mixed_precision_dtype(cpu, "fp32") is None
+    assert mixed_precision_dtype(cpu, "bf16") == torch.bfloat16
+    with pytest.raises(ValueError, match="precision must be one of"):
+        tiny_config(cells[0], tmp_path / "bad", precision="fp8").validate()
+    train_dir, _ = cells
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        run = train(
+            tiny_config(train_dir, tmp_path / precision, **{"budget.epochs": 2, "precision": precision}),
+            progress_bar=False,
+            log=lambda _: None,
+        )
+        losses[precision] = [h["loss"] for h in run.history]
+    # Same data and seed: bfloat16 arithmetic changes the losses a little, not the learning.
+    assert losses["fp32"] != losses["bf16"]
+    assert losses["fp32"] == pytest.approx(losses["bf16"], rel=0.1)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(cells, tmp_path):

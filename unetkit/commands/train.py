@@ -53,6 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-minutes", type=float, help="wall-clock budget; ends cleanly with the best model"
     )
+    parser.add_argument(
+        "--target",
+        choices=("semantic", "three-class"),
+        help="what the network learns: the masks' classes (semantic, default) or background / interior / "
+        "border from the objects (three-class, for instance segmentation; same as --data.target three_class)",
+    )
     parser.add_argument("--config", help="config file (JSON or YAML, may be partial)")
     parser.add_argument(
         "--preset",
@@ -73,6 +79,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run, accepts_overrides=True)
 
 
+def _target(args: argparse.Namespace, overrides: dict[str, str]) -> str:
+    """The training target that --target or --data.target asks for (the plan depends on it)."""
+    if args.target:
+        return args.target.replace("-", "_")
+    return overrides.get("data.target", "semantic").replace("-", "_")
+
+
 def resolve_config(args: argparse.Namespace, overrides: dict[str, str]) -> TrainConfig:
     """The config the options describe (the plan is computed for ``--preset auto``)."""
     if args.preset == "auto":
@@ -80,7 +93,9 @@ def resolve_config(args: argparse.Namespace, overrides: dict[str, str]) -> Train
             raise ValueError("give the training dataset folder: unetkit train DATA --out RUN")
         from ..training.planner import plan_training
 
-        config = plan_training(args.data, val_dir=args.val, max_minutes=args.max_minutes).config
+        config = plan_training(
+            args.data, val_dir=args.val, max_minutes=args.max_minutes, target=_target(args, overrides)
+        ).config
     else:
         config = preset_config(args.preset)
     if args.config:
@@ -93,6 +108,7 @@ def resolve_config(args: argparse.Namespace, overrides: dict[str, str]) -> Train
         "data.val": args.val,
         "data.val_fraction": args.val_fraction,
         "budget.max_minutes": args.max_minutes,
+        "data.target": args.target.replace("-", "_") if args.target else None,
         "out": args.out,
     }
     config = apply_overrides(config, {k: v for k, v in named.items() if v is not None})

@@ -32,6 +32,11 @@ DEFAULT_PLAN_MINUTES = 30.0
 #: Share of the budget planned for training steps; the rest is validation and saving.
 TRAIN_SHARE = 0.9
 MAX_IMAGES_FINGERPRINTED = 50
+#: Shortest planned epoch (training seconds); shorter ones would spend much of the budget validating.
+MIN_EPOCH_SECONDS = 30.0
+#: Validation seconds per validated pixel, in units of training-step seconds per trained pixel
+#: (a forward pass without the backward, plus the metrics).
+VALIDATION_COST = 0.5
 
 
 @dataclass
@@ -118,7 +123,8 @@ class Plan:
             f"  normalise {c.data.normalize.mode}",
             f"  loss      {c.loss.name}",
             f"  optimiser {c.optim.name} lr {c.optim.lr:g}, {c.schedule.name} schedule, "
-            f"{c.schedule.warmup_steps} warm-up steps",
+            + (f"weight average {c.optim.ema:g}, " if c.optim.ema else "")
+            + f"{c.schedule.warmup_steps} warm-up steps",
             f"  budget    {c.budget.epochs} epochs"
             + (f" within {c.budget.max_minutes:g} minutes" if c.budget.max_minutes else ""),
             "",
@@ -198,20 +204,32 @@ def fingerprint_dataset(root: Union[str, Path]) -> tuple[Fingerprint, Any]:
     return fp, report
 
 
+def _dataset_pixels(root: Union[str, Path]) -> int:
+    """Pixels (voxels) in the images of a dataset folder."""
+    return sum(int(np.prod(read_image(s.image).shape[1:])) for s in find_samples(root))
+
+
 def _round_down(value: int, multiple: int) -> int:
     return max(multiple, value // multiple * multiple)
 
 
 def time_training_step(config: TrainConfig, device: str, repeats: int = 2) -> float:
-    """Seconds per training step of the planned network and batch on this machine (after a warm-up)."""
+    """Seconds per training step of the planned network and batch on this machine (after a warm-up),
+    in the memory format and precision the trainer will use."""
+    from .trainer import mixed_precision_dtype
+
     model = build_model(config.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     size = (config.data.patch_size,) * config.model.dims
     x = torch.randn(config.data.batch_size, config.model.in_channels, *size, device=device)
+    if config.model.dims == 2:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    amp_dtype = mixed_precision_dtype(torch.device(device), config.precision)
     times = []
     for i in range(repeats + 1):
         start = time.perf_counter()
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        with torch.autocast(device, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss = model(x).float().square().mean()
         loss.backward()
         optimizer.step()
@@ -231,8 +249,13 @@ def plan_training(
     machine: Optional[Machine] = None,
     base: Optional[TrainConfig] = None,
     measure: bool = True,
+    target: str = "semantic",
 ) -> Plan:
-    """Propose a config for ``train_dir`` on ``machine`` within ``max_minutes`` (see the module doc)."""
+    """Propose a config for ``train_dir`` on ``machine`` within ``max_minutes`` (see the module doc).
+
+    ``target``: ``"semantic"`` (the masks' classes) or ``"three_class"`` (background / interior /
+    border from the objects, for instance segmentation).
+    """
     machine = machine or Machine.detect()
     fp, report = fingerprint_dataset(train_dir)
     config = base or TrainConfig()
@@ -265,7 +288,11 @@ def plan_training(
     width = 32 if gpu else 16
     reasons.append(
         f"base width {width}: "
-        + ("a GPU trains a wider net in the same time" if gpu else "a narrow net gets more CPU steps")
+        + (
+            "a GPU trains a wider net in the same time"
+            if gpu
+            else "a narrow net gets more CPU steps"
+        )
     )
     batch = (16 if gpu else 4) if dims == 2 else 2
     reasons.append(
@@ -273,12 +300,13 @@ def plan_training(
         f"{'a GPU' if gpu else 'a CPU'}"
     )
 
-    binary = len(fp.class_names) == 2
+    three_class = target == "three_class"
+    binary = len(fp.class_names) == 2 and not three_class
     model = dataclasses.replace(
         config.model,
         architecture="unet",
         in_channels=fp.channels,
-        num_classes=1 if binary else len(fp.class_names),
+        num_classes=1 if binary else 3 if three_class else len(fp.class_names),
         dims=dims,
         depth=depth,
         base_channels=width,
@@ -292,6 +320,8 @@ def plan_training(
         + (
             "one sigmoid output for the two classes"
             if binary
+            else "softmax over background / interior / border (the 3-class target)"
+            if three_class
             else f"softmax over {len(fp.class_names)} classes"
         )
     )
@@ -312,7 +342,10 @@ def plan_training(
         )
 
     rarest = min(fp.class_fractions) if fp.class_fractions else 0.0
-    if rarest < 0.1:
+    if three_class:
+        loss = LossConfig(name="ce_dice")
+        reasons.append("loss Dice + cross-entropy: the border class is a thin line, few of the pixels")
+    elif rarest < 0.1:
         loss = LossConfig(name="ce_dice")
         reasons.append(
             f"loss Dice + cross-entropy: the rarest class is {rarest:.1%} of the pixels (imbalanced)"
@@ -331,6 +364,7 @@ def plan_training(
         batch_size=batch,
         normalize=normalize,
         foreground_oversample=0.33 if rarest < 0.1 else 0.0,
+        target=target,
     )
     train_pixels = int(np.prod(fp.median_shape)) * fp.n_images
     per_epoch = max(batch * 8, round(train_pixels / patch**dims / batch) * batch)
@@ -344,6 +378,21 @@ def plan_training(
     seconds = None
     if measure:
         seconds = time_training_step(config, machine.device)
+        val_pixels = (
+            _dataset_pixels(val_dir) if val_dir else config.data.val_fraction * train_pixels
+        )
+        val_seconds = VALIDATION_COST * val_pixels / (batch * patch**dims) * seconds
+        min_epoch = max(MIN_EPOCH_SECONDS, 10 * val_seconds)
+        short = math.ceil(min_epoch / seconds)
+        if steps_per_epoch < short:
+            steps_per_epoch = short
+            per_epoch = short * batch
+            config = dataclasses.replace(config, data=dataclasses.replace(data, patches_per_epoch=per_epoch))
+            reasons.append(
+                f"{per_epoch} patches per epoch instead: an epoch of at least {min_epoch:.0f} s of training "
+                f"keeps the whole-image validation after each epoch (about {val_seconds:.0f} s) a small "
+                "share of the time"
+            )
         val_share = 0.15 if (val_dir or config.data.val_fraction > 0) else 0.0
         epoch_seconds = steps_per_epoch * seconds * (1 + val_share)
         epochs = max(1, int(minutes * 60 * TRAIN_SHARE / epoch_seconds))

@@ -20,10 +20,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..utils.atomic import atomic_path, atomic_write_json
+from .averaging import WeightAverage
 
 STATE_DIR = "state"
 LATEST = "latest.json"
 WEIGHTS = "model_last.safetensors"
+AVERAGE = "model_average.safetensors"
 TENSORS = "optimizer_rng.pt"
 COUNTERS = "trainer.json"
 
@@ -46,8 +48,14 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def save_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress) -> Path:
-    """Commit the full training state; returns the checkpoint folder."""
+def save_state(
+    run_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    progress: Progress,
+    average: Optional[WeightAverage] = None,
+) -> Path:
+    """Commit the full training state (with the weight average, if any); returns the checkpoint folder."""
     state_dir = Path(run_dir) / STATE_DIR
     name = f"ckpt-{progress.step:08d}-{progress.epoch:05d}"
     folder = state_dir / name
@@ -57,6 +65,10 @@ def save_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(folder / WEIGHTS) as tmp:
         save_file(weights, str(tmp))
+    if average is not None:
+        averaged = {k: v.detach().contiguous().cpu() for k, v in average.state_dict().items()}
+        with atomic_path(folder / AVERAGE) as tmp:
+            save_file(averaged, str(tmp))
     tensors: dict[str, Any] = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
     if torch.cuda.is_available():
         tensors["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -74,8 +86,14 @@ def has_state(run_dir: Path) -> bool:
     return (Path(run_dir) / STATE_DIR / LATEST).is_file()
 
 
-def load_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> Progress:
-    """Restore weights, optimiser and RNG from the committed checkpoint; returns the counters."""
+def load_state(
+    run_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    average: Optional[WeightAverage] = None,
+) -> Progress:
+    """Restore weights, optimiser, weight average and RNG from the committed checkpoint; returns the
+    counters."""
     state_dir = Path(run_dir) / STATE_DIR
     latest = state_dir / LATEST
     if not latest.is_file():
@@ -86,6 +104,10 @@ def load_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer
     folder = state_dir / json.loads(latest.read_text())["checkpoint"]
     device = next(model.parameters()).device
     model.load_state_dict(load_file(str(folder / WEIGHTS), device=str(device)))
+    if average is not None:
+        if not (folder / AVERAGE).is_file():
+            raise ValueError(f"{folder} holds no weight average (optim.ema): resume with the run's config")
+        average.load_state_dict(load_file(str(folder / AVERAGE), device=str(device)))
     tensors = torch.load(folder / TENSORS, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(tensors["optimizer"])
     torch.set_rng_state(tensors["torch_rng"])

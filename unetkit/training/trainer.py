@@ -40,6 +40,7 @@ from ..inference import Predictor
 from ..losses import SegmentationLoss
 from ..models import build_model
 from ..utils.atomic import atomic_write_json
+from .averaging import WeightAverage
 from .evaluation import score_images, summary_of
 from .reporting import save_curves, save_overlay, write_csv
 from .run import CLASSES_FILE, CONFIG_FILE, CURVES_FILE, METRICS_FILE, SAMPLES_DIR, Run
@@ -74,6 +75,22 @@ def lr_factor(step: int, progress: float, config: TrainConfig) -> float:
     else:
         factor = 1.0
     return warm * factor
+
+
+def mixed_precision_dtype(device: torch.device, precision: str) -> Optional[torch.dtype]:
+    """The autocast dtype for ``precision`` on ``device`` (``None``: train in float32).
+
+    On the CPU, bfloat16 pays only with native instructions (AVX512-BF16 or AMX); elsewhere it is
+    emulated and slower than float32, so ``"auto"`` keeps float32 there.
+    """
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        if precision == "bf16" or torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return torch.bfloat16 if precision == "bf16" or native else None
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -197,9 +214,11 @@ class Trainer:
         self.model = (self.custom_model or build_model(self.config.model)).to(self.device)
         if self.custom_model is not None:  # config.json then describes the network really trained
             self.config = dataclasses.replace(self.config, model=self.custom_model.config)
-        if self.device.type == "cuda" and self.config.model.dims == 2:
+        if self.config.model.dims == 2:  # faster convolutions on CUDA and on the CPU (oneDNN)
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, self.config)
+        ema = self.config.optim.ema
+        self.average = WeightAverage(self.model, ema) if ema else None
         self.loss_fn = SegmentationLoss(self.config.loss, ignore_index=self.data.classes.ignore_index)
         self.dataset = self._dataset()
         self.val_items = [
@@ -207,10 +226,15 @@ class Trainer:
         ]
         save_config(self.config, self.out / CONFIG_FILE)
         atomic_write_json(self.out / CLASSES_FILE, self.data.classes.to_dict())
-        self.progress = load_state(self.out, self.model, self.optimizer) if self.resume else Progress()
-        self.use_amp = self.device.type == "cuda"
-        self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.progress = (
+            load_state(self.out, self.model, self.optimizer, self.average) if self.resume else Progress()
+        )
+        amp_dtype = mixed_precision_dtype(self.device, self.config.precision)
+        self.use_amp = amp_dtype is not None
+        self.amp_dtype = amp_dtype or torch.float32
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.device.type == "cuda" and amp_dtype == torch.float16
+        )
         self.tensorboard = self._tensorboard()
 
     def _dataset(self) -> PatchDataset:
@@ -284,7 +308,7 @@ class Trainer:
 
     def _train_step(self, batch: dict[str, torch.Tensor], update: bool) -> torch.Tensor:
         image = batch["image"].to(self.device, non_blocking=True)
-        if self.device.type == "cuda" and image.dim() == 4:
+        if image.dim() == 4:
             image = image.contiguous(memory_format=torch.channels_last)
         mask = batch["mask"].to(self.device, non_blocking=True)
         weight = batch.get("weight")
@@ -300,6 +324,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
+            if self.average is not None:
+                self.average.update(self.model)
         return loss.detach()
 
     def _check_finite(self, loss: torch.Tensor, epoch: int) -> None:
@@ -410,11 +436,16 @@ class Trainer:
             extra["left"] = f"{int(left // 60)}m{int(left % 60):02d}s"
         return extra
 
+    @property
+    def evaluated_model(self) -> nn.Module:
+        """The network that is validated and saved: the weight average if ``optim.ema`` is set."""
+        return self.average.module if self.average is not None else self.model
+
     def validate(self) -> tuple[dict[str, Any], list[Any]]:
         """Whole-image metrics on the validation set (empty dict without one)."""
         if not self.val_items:
             return {}, []
-        predictor = Predictor(self.model, device=self.device, classes=self.data.classes)
+        predictor = Predictor(self.evaluated_model, device=self.device, classes=self.data.classes)
         scored = score_images(
             predictor, self.val_items, self.data.classes, target=self.config.data.target, rand_sweep=False
         )
@@ -432,7 +463,7 @@ class Trainer:
         return value < best if monitor_mode(self.config.budget.monitor) == "min" else value > best
 
     def _save_best(self, scored: Sequence[Any]) -> None:
-        save_model(self.model, self.out)
+        save_model(self.evaluated_model, self.out)
         for s in scored[: self.config.num_samples]:
             save_overlay(
                 self.out / SAMPLES_DIR / f"{s.name}.png", s.image, s.truth, s.pred, self.data.classes
@@ -495,7 +526,7 @@ class Trainer:
 
     def _write_run_files(self) -> None:
         # State first: a metrics.csv row then always has its committed state behind it.
-        save_state(self.out, self.model, self.optimizer, self.progress)
+        save_state(self.out, self.model, self.optimizer, self.progress, self.average)
         write_csv(self.out / METRICS_FILE, self.progress.history)
         save_curves(self.progress.history, self.out / CURVES_FILE, CURVE_METRICS)
 
@@ -533,7 +564,7 @@ class Trainer:
         except KeyboardInterrupt:
             self.progress.status = "interrupted"
             self.progress.elapsed_s = self._elapsed(started)
-            save_state(self.out, self.model, self.optimizer, self.progress)
+            save_state(self.out, self.model, self.optimizer, self.progress, self.average)
             self.log(
                 f"interrupted: state saved in {self.out}; continue with `unetkit train --resume {self.out}`"
             )
@@ -545,8 +576,8 @@ class Trainer:
             self._elapsed(started) if self.progress.status != "done" else self.progress.elapsed_s
         )
         if not (self.out / "model.safetensors").is_file():
-            save_model(self.model, self.out)
-        save_state(self.out, self.model, self.optimizer, self.progress)
+            save_model(self.evaluated_model, self.out)
+        save_state(self.out, self.model, self.optimizer, self.progress, self.average)
         self.log(
             f"finished ({self.progress.status}) after {self.progress.epoch} epochs, "
             f"{self.progress.elapsed_s / 60:.1f} min; best {budget.monitor} "
