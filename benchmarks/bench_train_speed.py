@@ -24,6 +24,7 @@ import torch
 
 from unetkit.config import TrainConfig, apply_overrides
 from unetkit.models import UNet
+from unetkit.training.precision import mixed_precision_dtype
 from unetkit.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +80,7 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--work", default="/tmp/unetkit-bench/speed")
     args = parser.parse_args()
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    native = mixed_precision_dtype(torch.device("cpu"), "auto") is not None
     print(f"native bfloat16 on this CPU (AVX512-BF16 or AMX): {native}", flush=True)
     steps = []
     for channels_last, bf16 in itertools.product((False, True), (False, True)):

@@ -12,8 +12,9 @@ from unetkit.data.io import read_label_image
 from unetkit.data.synthetic import write_synthetic_dataset
 from unetkit.training import Run, Trainer, TrainingDiverged, train
 from unetkit.training.evaluation import evaluate_run
+from unetkit.training.precision import mixed_precision_dtype
 from unetkit.training.state import load_state
-from unetkit.training.trainer import lr_factor, mixed_precision_dtype
+from unetkit.training.trainer import lr_factor
 
 TINY = {
     "model.depth": 2,

@@ -79,22 +79,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run, accepts_overrides=True)
 
 
-def _target(args: argparse.Namespace, overrides: dict[str, str]) -> str:
-    """The training target that --target or --data.target asks for (the plan depends on it)."""
-    if args.target:
-        return args.target.replace("-", "_")
-    return overrides.get("data.target", "semantic").replace("-", "_")
-
-
 def resolve_config(args: argparse.Namespace, overrides: dict[str, str]) -> TrainConfig:
     """The config the options describe (the plan is computed for ``--preset auto``)."""
+    # --target or --data.target: the plan depends on it
+    target = (args.target or overrides.get("data.target", "semantic")).replace("-", "_")
     if args.preset == "auto":
         if not args.data:
             raise ValueError("give the training dataset folder: unetkit train DATA --out RUN")
         from ..training.planner import plan_training
 
         config = plan_training(
-            args.data, val_dir=args.val, max_minutes=args.max_minutes, target=_target(args, overrides)
+            args.data, val_dir=args.val, max_minutes=args.max_minutes, target=target
         ).config
     else:
         config = preset_config(args.preset)
@@ -108,7 +103,7 @@ def resolve_config(args: argparse.Namespace, overrides: dict[str, str]) -> Train
         "data.val": args.val,
         "data.val_fraction": args.val_fraction,
         "budget.max_minutes": args.max_minutes,
-        "data.target": args.target.replace("-", "_") if args.target else None,
+        "data.target": target if args.target else None,
         "out": args.out,
     }
     config = apply_overrides(config, {k: v for k, v in named.items() if v is not None})

@@ -30,12 +30,13 @@ class WeightAverage:
         for parameter in self.module.parameters():
             parameter.requires_grad_(False)
         self.updates = 0
+        self._averaged = list(self.module.state_dict().values())  # views, updated in place
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for average, current in zip(self.module.state_dict().values(), model.state_dict().values()):
+        for average, current in zip(self._averaged, model.state_dict().values()):
             if average.dtype.is_floating_point:
                 average.lerp_(current, 1.0 - decay)
             else:

@@ -26,6 +26,7 @@ from ..data.io import read_image
 from ..data.normalize import NormalizeConfig
 from ..losses import LossConfig
 from ..models import build_model
+from .precision import autocast, mixed_precision_dtype
 
 #: Time budget used to size the plan when none is given (the run is then limited by epochs).
 DEFAULT_PLAN_MINUTES = 30.0
@@ -216,8 +217,6 @@ def _round_down(value: int, multiple: int) -> int:
 def time_training_step(config: TrainConfig, device: str, repeats: int = 2) -> float:
     """Seconds per training step of the planned network and batch on this machine (after a warm-up),
     in the memory format and precision the trainer will use."""
-    from .trainer import mixed_precision_dtype
-
     model = build_model(config.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     size = (config.data.patch_size,) * config.model.dims
@@ -229,7 +228,7 @@ def time_training_step(config: TrainConfig, device: str, repeats: int = 2) -> fl
     times = []
     for i in range(repeats + 1):
         start = time.perf_counter()
-        with torch.autocast(device, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with autocast(torch.device(device), amp_dtype):
             loss = model(x).float().square().mean()
         loss.backward()
         optimizer.step()
@@ -288,11 +287,7 @@ def plan_training(
     width = 32 if gpu else 16
     reasons.append(
         f"base width {width}: "
-        + (
-            "a GPU trains a wider net in the same time"
-            if gpu
-            else "a narrow net gets more CPU steps"
-        )
+        + ("a GPU trains a wider net in the same time" if gpu else "a narrow net gets more CPU steps")
     )
     batch = (16 if gpu else 4) if dims == 2 else 2
     reasons.append(

@@ -48,6 +48,11 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+
+
 def save_state(
     run_dir: Path,
     model: nn.Module,
@@ -62,13 +67,9 @@ def save_state(
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(folder / WEIGHTS) as tmp:
-        save_file(weights, str(tmp))
+    _save_tensors(folder / WEIGHTS, model.state_dict())
     if average is not None:
-        averaged = {k: v.detach().contiguous().cpu() for k, v in average.state_dict().items()}
-        with atomic_path(folder / AVERAGE) as tmp:
-            save_file(averaged, str(tmp))
+        _save_tensors(folder / AVERAGE, average.state_dict())
     tensors: dict[str, Any] = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
     if torch.cuda.is_available():
         tensors["cuda_rng"] = torch.cuda.get_rng_state_all()

@@ -42,6 +42,7 @@ from ..models import build_model
 from ..utils.atomic import atomic_write_json
 from .averaging import WeightAverage
 from .evaluation import score_images, summary_of
+from .precision import autocast, mixed_precision_dtype
 from .reporting import save_curves, save_overlay, write_csv
 from .run import CLASSES_FILE, CONFIG_FILE, CURVES_FILE, METRICS_FILE, SAMPLES_DIR, Run
 from .state import Progress, has_state, load_state, save_state
@@ -75,22 +76,6 @@ def lr_factor(step: int, progress: float, config: TrainConfig) -> float:
     else:
         factor = 1.0
     return warm * factor
-
-
-def mixed_precision_dtype(device: torch.device, precision: str) -> Optional[torch.dtype]:
-    """The autocast dtype for ``precision`` on ``device`` (``None``: train in float32).
-
-    On the CPU, bfloat16 pays only with native instructions (AVX512-BF16 or AMX); elsewhere it is
-    emulated and slower than float32, so ``"auto"`` keeps float32 there.
-    """
-    if precision == "fp32":
-        return None
-    if device.type == "cuda":
-        if precision == "bf16" or torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float16
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return torch.bfloat16 if precision == "bf16" or native else None
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -229,11 +214,9 @@ class Trainer:
         self.progress = (
             load_state(self.out, self.model, self.optimizer, self.average) if self.resume else Progress()
         )
-        amp_dtype = mixed_precision_dtype(self.device, self.config.precision)
-        self.use_amp = amp_dtype is not None
-        self.amp_dtype = amp_dtype or torch.float32
+        self.amp_dtype = mixed_precision_dtype(self.device, self.config.precision)
         self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=self.device.type == "cuda" and amp_dtype == torch.float16
+            "cuda", enabled=self.device.type == "cuda" and self.amp_dtype == torch.float16
         )
         self.tensorboard = self._tensorboard()
 
@@ -313,7 +296,7 @@ class Trainer:
         mask = batch["mask"].to(self.device, non_blocking=True)
         weight = batch.get("weight")
         weight = weight.to(self.device, non_blocking=True) if weight is not None else None
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+        with autocast(self.device, self.amp_dtype):
             loss = self.loss_fn(self.model(image), mask, weight)
         self.scaler.scale(loss / self.config.optim.accumulate).backward()
         if update:
