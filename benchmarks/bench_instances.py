@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-from bench_train_datasets import split_dsb
+from bench_train_datasets import finished, split_dsb
 
 from unetkit.data.dataset import Sample, find_samples
 from unetkit.data.io import read_image, read_label_image
@@ -131,7 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     results = {"classical (Otsu + distance watershed)": score(val_samples, classical(instance_config))}
     for key, name, kind in routes:
         run_dir = done.get(key, work / key)
-        if (run_dir / "model.safetensors").is_file():
+        if finished(run_dir):
             print(f"{name}: using the finished run {run_dir}", flush=True)
         else:
             flags = ROUTE_FLAGS[kind] + (["--threads", str(args.threads)] if args.threads else [])

@@ -7,6 +7,8 @@ exactly as a user would:
     unetkit train TRAIN --val VAL --out RUN --max-minutes 20
     unetkit evaluate RUN VAL --out RUN/eval
 
+A RUN folder that already holds a finished run of the command is scored without training again.
+
     flock /tmp/unetkit-heavy.lock python benchmarks/bench_train_datasets.py --dataset dsb2018 --minutes 20
     flock /tmp/unetkit-heavy.lock python benchmarks/bench_train_datasets.py --dataset camvid --minutes 20
     python benchmarks/bench_train_datasets.py --table
@@ -57,6 +59,13 @@ def _link(src_root: Path, dst_root: Path, names: list[str], subfolders: tuple[st
     return dst_root
 
 
+def finished(run: Path) -> bool:
+    """Whether ``run`` is a RUN folder whose training has ended (not one still in progress)."""
+    from unetkit.training import Run
+
+    return (run / "model.safetensors").is_file() and Run.load(run).status not in ("running", "interrupted")
+
+
 def split_dsb(work: Path, n_val: int = 40, seed: int = 0) -> tuple[Path, Path]:
     src = DATA / "dsb2018"
     names = sorted(p.name for p in (src / "images").glob("*.png"))
@@ -83,16 +92,20 @@ def run_dataset(name: str, minutes: float, work: Path, threads: Optional[int] = 
     split = split_dsb if name == "dsb2018" else split_camvid
     train_dir, val_dir = split(work / name / "split")
     run = work / name / "run"
-    if run.exists():
-        raise SystemExit(f"{run} exists; remove it to re-run")
     cmd = [*UNETKIT, "train", str(train_dir), "--val", str(val_dir), "--out", str(run)]
     cmd += ["--max-minutes", f"{minutes:g}", "--no-progress"]
     if threads:
         cmd += ["--threads", str(threads)]
-    print("$", " ".join(cmd), flush=True)
-    started = time.time()
-    subprocess.run(cmd, check=True)
-    wall = time.time() - started
+    if finished(run):
+        print(f"{run} holds a finished run; scoring it (remove it to train again)", flush=True)
+        wall = None
+    elif run.exists():
+        raise SystemExit(f"{run} holds an unfinished run: `unetkit train --resume {run}`, or remove it")
+    else:
+        print("$", " ".join(cmd), flush=True)
+        started = time.time()
+        subprocess.run(cmd, check=True)
+        wall = time.time() - started
     subprocess.run([*UNETKIT, "evaluate", str(run), str(val_dir), "--out", str(run / "eval")], check=True)
     summary = json.loads((run / "eval" / "summary.json").read_text())
     config = json.loads((run / "config.json").read_text())
@@ -103,7 +116,7 @@ def run_dataset(name: str, minutes: float, work: Path, threads: Optional[int] = 
         "dataset": name,
         "threads": threads,
         "minutes": minutes,
-        "wall_s": wall,
+        "wall_s": wall if wall is not None else history[-1]["elapsed_s"],
         "epochs": len(history),
         "steps": history[-1]["step"],
         "batches_per_s": sum(h["batches_per_s"] for h in history) / len(history),
@@ -112,6 +125,7 @@ def run_dataset(name: str, minutes: float, work: Path, threads: Optional[int] = 
         "patch": config["data"]["patch_size"],
         "loss": config["loss"]["name"],
         "normalize": config["data"]["normalize"]["mode"],
+        "object_diameter": config["data"].get("object_diameter"),
         "dice": summary["dice"],
         "iou": summary["iou"],
         "global_dice": summary["global_dice"],
@@ -138,7 +152,9 @@ def table(work: Path) -> str:
         r = json.loads(path.read_text())
         lines.append(
             f"| {name} | {r.get('threads') or 'all'} | {r['n_val']} "
-            f"| {r['model']}, {r['patch']} px, {r['loss']}, {r['normalize']} "
+            f"| {r['model']}, {r['patch']} px, {r['loss']}, {r['normalize']}"
+            + (f", objects at {r['object_diameter']:g} px" if r.get("object_diameter") else "")
+            + " "
             f"| {r['minutes']:g} | {r['epochs']} | {r['steps']} | {r['batches_per_s']:.2f} | {r['dice']:.4f} "
             f"| {r['iou']:.4f} | {r['global_dice']:.4f} | {r['global_iou']:.4f} | {r['pixel_accuracy']:.4f} |"
         )

@@ -7,11 +7,13 @@ import pytest
 
 from unetkit.metrics import (
     adapted_rand_error,
+    best_pixel_error,
     best_rand_error,
     confusion_matrix,
     dice_per_class,
     hausdorff95,
     iou_per_class,
+    pixel_counts_by_threshold,
     precision_per_class,
     rand_error,
     rand_errors_by_threshold,
@@ -152,3 +154,17 @@ def test_best_rand_error_picks_one_threshold_for_the_whole_set():
     other = np.where(np.arange(10) == 6, 0.2, 0.1)  # a second image that does worse at 0.6
     error, threshold = best_rand_error(np.stack([sweep, other]))
     assert threshold == 0.7 and error == pytest.approx(0.05)
+
+
+def test_isbi_pixel_error_is_one_minus_the_best_pooled_f_score():
+    prob = np.array([0.2, 0.6, 0.9, 0.4])
+    truth = np.array([0, 1, 1, 1])
+    counts = pixel_counts_by_threshold(prob, truth, thresholds=(0.3, 0.5))
+    assert counts.tolist() == [[3, 0, 0], [2, 0, 1]]  # TP, FP, FN at 0.3 and at 0.5
+    assert best_pixel_error(counts[None], thresholds=(0.3, 0.5)) == (0.0, 0.3)
+    assert best_pixel_error(counts[None, 1:], thresholds=(0.5,))[0] == pytest.approx(1 - 4 / 5)
+    # Pooled over images (as the challenge sums over the stack), not a mean of per-image scores.
+    a, b = np.array([[[1, 0, 1]]]), np.array([[[3, 1, 0]]])
+    assert best_pixel_error(np.concatenate([a, b]), thresholds=(0.5,))[0] == pytest.approx(1 - 8 / 10)
+    # Nothing to find and nothing found: no error.
+    assert best_pixel_error(np.zeros((2, 1, 3)), thresholds=(0.5,)) == (0.0, 0.5)

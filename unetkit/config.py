@@ -45,6 +45,9 @@ class DataConfig:
     the training pixels about once per epoch. ``weight_map``: compute the paper's border weight
     map (``w0``, ``sigma``) for ``loss.name = "weighted_ce"``. ``target``: ``"semantic"`` (the
     mask's classes) or ``"three_class"`` (background / interior / border from instance labels).
+    ``object_diameter``: train and predict with every image resized so that its objects' median
+    diameter is this many pixels (for data whose object sizes vary; ``None`` = each image at its
+    own scale; see :mod:`unetkit.data.scale`).
     """
 
     train: Optional[str] = None
@@ -60,6 +63,7 @@ class DataConfig:
     sigma: float = 5.0
     foreground_oversample: float = 0.33
     num_workers: int = 0
+    object_diameter: Optional[float] = None
 
 
 @dataclass

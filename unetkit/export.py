@@ -88,13 +88,16 @@ def valid_size_rule(model: SizeRules) -> dict[str, Any]:
     }
 
 
-def build_contract(model: nn.Module, classes: Any = None, normalize: Any = None) -> dict[str, Any]:
+def build_contract(
+    model: nn.Module, classes: Any = None, normalize: Any = None, object_diameter: Optional[float] = None
+) -> dict[str, Any]:
     """The pre/post-processing contract of ``model`` as a JSON-able dict.
 
     Args:
         model: a unetkit network (``.config`` and the size rules).
         classes: the ``ClassInfo`` of the training data, or ``None``.
         normalize: the ``NormalizeConfig`` of the training data, or ``None`` (inputs already normalised).
+        object_diameter: the object scale the network was trained at (``data.object_diameter``), or ``None``.
     """
     config: ModelConfig = model.config
     spatial = "D, H, W" if config.dims == 3 else "H, W"
@@ -122,6 +125,11 @@ def build_contract(model: nn.Module, classes: Any = None, normalize: Any = None)
             "labels": "foreground where sigmoid(logit) > 0.5" if binary else "argmax over axis 1",
         },
         "classes": classes.to_dict() if classes is not None else None,
+        "object_scale": None if object_diameter is None else {
+            "diameter": float(object_diameter),
+            "rule": "resize each image so that the median equivalent diameter of its objects (measured on a "
+            "first prediction) is this many pixels, predict, resize the probabilities back",
+        },
     }
 
 
@@ -183,7 +191,13 @@ def _load_torchscript(source: Union[str, io.BytesIO], extra: Optional[dict[str, 
 
 
 def export_model(
-    model: nn.Module, out: PathLike, fmt: str, *, classes: Any = None, normalize: Any = None
+    model: nn.Module,
+    out: PathLike,
+    fmt: str,
+    *,
+    classes: Any = None,
+    normalize: Any = None,
+    object_diameter: Optional[float] = None,
 ) -> Path:
     """Write ``model`` as ``fmt`` (``"onnx"``/``"torchscript"``) to ``out``, the contract to ``out.json``.
 
@@ -191,7 +205,7 @@ def export_model(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
-    contract = build_contract(model, classes, normalize)
+    contract = build_contract(model, classes, normalize, object_diameter)
     data = onnx_bytes(model, contract) if fmt == "onnx" else torchscript_bytes(model, contract)
     out = Path(out)
     atomic_write_bytes(out, data)
@@ -209,7 +223,8 @@ def export_run(run_dir: PathLike, fmt: str, out: Optional[PathLike] = None) -> P
     predictor = Predictor.from_run(run_dir, device="cpu")
     target = Path(out) if out is not None else Path(run_dir) / f"model{SUFFIXES.get(fmt, '')}"
     return export_model(
-        predictor.model, target, fmt, classes=predictor.classes, normalize=predictor.normalize
+        predictor.model, target, fmt, classes=predictor.classes, normalize=predictor.normalize,
+        object_diameter=predictor.object_diameter,
     )
 
 
@@ -303,6 +318,11 @@ class ExportedModel(SizeRules):
         data = self.contract.get("normalize")
         return NormalizeConfig.from_dict(data) if data else None
 
+    def object_diameter(self) -> Optional[float]:
+        """The object scale stored in the contract (``data.object_diameter``), or ``None``."""
+        scale = self.contract.get("object_scale")
+        return float(scale["diameter"]) if scale else None
+
     def __repr__(self) -> str:
         return f"ExportedModel({self.kind!r}, {str(self.path)!r})"
 
@@ -333,7 +353,9 @@ def load_backend(kind: str, source: PathLike) -> Union[nn.Module, ExportedModel]
         from .inference import Predictor
 
         predictor = Predictor.from_run(source, device="cpu")
-        contract = build_contract(predictor.model, predictor.classes, predictor.normalize)
+        contract = build_contract(
+            predictor.model, predictor.classes, predictor.normalize, predictor.object_diameter
+        )
         if kind == "onnxruntime":
             runner = _onnx_session(onnx_bytes(predictor.model, contract))
         else:
@@ -356,8 +378,8 @@ def load_backend(kind: str, source: PathLike) -> Union[nn.Module, ExportedModel]
 def predictor_for(source: PathLike, backend: str = "torch", **kwargs: Any) -> Any:
     """A :class:`~unetkit.inference.Predictor` for a RUN folder or an exported file, run by ``backend``.
 
-    Normalisation and classes come from the RUN folder or the file's contract unless given in
-    ``kwargs`` (the other keyword arguments go to the Predictor too).
+    Normalisation, classes and object scale come from the RUN folder or the file's contract unless
+    given in ``kwargs`` (the other keyword arguments go to the Predictor too).
     """
     from .inference import Predictor
 
@@ -368,4 +390,6 @@ def predictor_for(source: PathLike, backend: str = "torch", **kwargs: Any) -> An
         kwargs["normalize"] = model.normalize_config()
     if kwargs.get("classes") is None:
         kwargs["classes"] = model.class_info()
+    if kwargs.get("object_diameter") is None:
+        kwargs["object_diameter"] = model.object_diameter()
     return Predictor(model, **kwargs)

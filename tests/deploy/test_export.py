@@ -7,9 +7,11 @@ import json
 import numpy as np
 import onnxruntime
 import pytest
+import tifffile
 import torch
-from deploy_helpers import cells_png, make_run, tiny_unet
+from deploy_helpers import cells_png, make_run, threshold_model, tiny_unet
 from PIL import Image
+from skimage.draw import disk
 
 from unetkit.cli import main
 from unetkit.data.classes import ClassInfo
@@ -25,6 +27,7 @@ from unetkit.export import (
 )
 from unetkit.inference import Predictor
 from unetkit.models import EncoderDecoder, PlainFCN, UNet
+from unetkit.utils.atomic import atomic_write_json
 
 FILES = {"onnxruntime": ("onnx", "net.onnx"), "torchscript": ("torchscript", "net.torchscript.pt")}
 CASES = [
@@ -165,3 +168,36 @@ def test_baselines_export_too(tmp_path, kind, build):
         x = torch.randn(2, 1, size, size)
         with torch.inference_mode():
             torch.testing.assert_close(backend(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_object_scale_travels_from_the_run_to_predictors_and_exports(tmp_path):
+    """A run trained at a set object diameter predicts each image at that scale, through every backend."""
+    run = make_run(tmp_path / "run", threshold_model())
+    config = json.loads((run / "config.json").read_text())
+    atomic_write_json(run / "config.json", {"data": {**config["data"], "object_diameter": 20.0}})
+    image = np.zeros((96, 96), np.uint8)
+    for centre in ((20, 20), (20, 60), (60, 30), (70, 75)):
+        image[disk(centre, 5, shape=image.shape)] = 200
+
+    predictor = Predictor.from_run(run, device="cpu")
+    assert predictor.object_diameter == 20.0
+    probabilities = predictor.predict_proba(image)
+    assert probabilities.shape == (2, 96, 96)
+    truth = image > 0
+    predicted = probabilities.argmax(axis=0) == 1
+    assert (predicted & truth).sum() / (predicted | truth).sum() > 0.8
+    with pytest.raises(ValueError, match="object_diameter"):
+        Predictor(threshold_model(), object_diameter=-1.0)
+
+    out = export_run(run, "onnx", tmp_path / "net.onnx")
+    assert read_contract(out)["object_scale"]["diameter"] == 20.0
+    exported = predictor_for(out, "onnxruntime", device="cpu")
+    assert exported.object_diameter == 20.0
+    np.testing.assert_allclose(exported.predict_proba(image), probabilities, atol=1e-4)
+
+    src = tmp_path / "cells.tif"
+    tifffile.imwrite(src, image)
+    with pytest.raises(ValueError, match="whole image"):
+        predictor.predict_file(src, tmp_path / "mask.tif", stream=True)
+    result = predictor.predict_file(src, tmp_path / "mask.tif")
+    assert result.labels.shape == (96, 96)

@@ -8,7 +8,7 @@ from PIL import Image
 
 from unetkit.cli import main
 from unetkit.data.synthetic import write_synthetic_dataset
-from unetkit.training.planner import MIN_EPOCH_SECONDS, Machine, plan_training
+from unetkit.training.planner import MIN_EPOCH_SECONDS, Machine, _passes, plan_training
 
 CPU = Machine("cpu", cpus=2, memory_gb=8.0)
 GPU = Machine("cuda", cpus=16, memory_gb=128.0, gpu="test GPU", gpu_memory_gb=80.0)
@@ -106,3 +106,26 @@ def test_train_target_flag_plans_three_classes(cells, capsys):
     assert main(["train", str(cells), "--target", "three-class", "--print-config"]) == 0
     out = capsys.readouterr().out
     assert "target: three_class" in out and "num_classes: 3" in out and "name: ce_dice" in out
+
+
+def test_plan_sets_an_object_scale_when_object_sizes_vary(cells, tmp_path):
+    from skimage.draw import disk
+
+    root = tmp_path / "mixed"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for i in range(8):
+        radius = 4 if i % 2 else 16  # two magnifications: 8 px and 32 px nuclei
+        mask = np.zeros((96, 96), np.uint8)
+        for centre in ((24, 24), (24, 72), (72, 48)):
+            mask[disk(centre, radius, shape=mask.shape)] = 255
+        Image.fromarray(mask).save(root / "masks" / f"{i}.png")
+        Image.fromarray((mask // 2 + 20).astype(np.uint8)).save(root / "images" / f"{i}.png")
+    plan = plan_training(root, machine=CPU, measure=False)
+    assert 8 <= plan.config.data.object_diameter <= 32
+    assert "object diameter" in "\n".join(plan.reasons) and "objects resized" in plan.format()
+    # Validation at an object scale costs a first pass plus the resized second one.
+    assert _passes(10.0, 20.0, 2) == 5.0 and _passes(19.5, 20.0, 2) == 1.0 and _passes(10.0, None, 2) == 1.0
+    same_size = plan_training(cells, machine=CPU, measure=False)
+    assert same_size.config.data.object_diameter is None
+    assert any(r.startswith("objects at each image's own scale") for r in same_size.reasons)

@@ -10,6 +10,7 @@ import torch
 from unetkit.config import TrainConfig, apply_overrides
 from unetkit.data.io import read_label_image
 from unetkit.data.synthetic import write_synthetic_dataset
+from unetkit.metrics import ISBI_THRESHOLDS
 from unetkit.training import Run, Trainer, TrainingDiverged, train
 from unetkit.training.evaluation import evaluate_run
 from unetkit.training.precision import mixed_precision_dtype
@@ -69,6 +70,7 @@ def test_train_writes_run_folder_and_evaluates(cells, tmp_path):
 
     summary = evaluate_run(run.path, test_dir, tmp_path / "report")
     assert summary["num_images"] == 3 and 0.0 <= summary["pixel_error"] <= 1.0
+    assert 0.0 <= summary["isbi_pixel_error"] <= 1.0 and summary["isbi_pixel_threshold"] in ISBI_THRESHOLDS
     rows = (tmp_path / "report" / "per_image.csv").read_text().splitlines()
     assert len(rows) == 4 and rows[0].startswith("image,")
     assert "## Worst" in (tmp_path / "report" / "report.md").read_text()
@@ -78,6 +80,18 @@ def test_train_writes_run_folder_and_evaluates(cells, tmp_path):
         summary["dice"]
     )
 
+
+
+def test_training_and_evaluation_at_an_object_scale(cells, tmp_path):
+    """``data.object_diameter``: patches from resized images, validation and evaluation at that scale."""
+    train_dir, test_dir = cells
+    config = tiny_config(train_dir, tmp_path / "run", **{"budget.epochs": 2, "data.object_diameter": 20.0})
+    run = train(config, progress_bar=False, log=lambda _: None)
+    assert Run.load(run.path).config.data.object_diameter == 20.0
+    assert 0.0 <= run.best["dice"] <= 1.0
+    summary = evaluate_run(run.path, test_dir, tmp_path / "report")
+    assert summary["num_images"] == 3
+    assert read_label_image(tmp_path / "report" / "masks" / "cell_000.png").shape == (64, 64)
 
 def test_same_seed_same_losses(cells, tmp_path):
     train_dir, _ = cells

@@ -37,6 +37,7 @@ from .io import (
     suffix_of,
 )
 from .normalize import NormalizeConfig, apply_normalization, normalization_params
+from .scale import median_object_diameter, resize_spatial, scale_factor, scaled_shape
 from .transforms import AugmentConfig, Augmenter
 from .weights import BorderWeightConfig, border_weight_map
 
@@ -667,7 +668,8 @@ class PatchDataset(Dataset):
     ``i % len(samples)``; the randomness is seeded by ``(seed, epoch, i)`` (see :meth:`set_epoch`),
     so a run is reproducible whatever the number of loader workers. Images, labels and weight maps
     are read once and cached in memory per worker process: use ``persistent_workers=True`` so the
-    caches survive from one epoch to the next.
+    caches survive from one epoch to the next. ``object_diameter``: resize each image so that its
+    objects' median diameter is this many pixels (:mod:`unetkit.data.scale`).
     """
 
     def __init__(
@@ -685,6 +687,7 @@ class PatchDataset(Dataset):
         patches_per_epoch: Optional[int] = None,
         output_size: Optional[Union[int, Sequence[int]]] = None,
         pages_as_channels: bool = False,
+        object_diameter: Optional[float] = None,
     ) -> None:
         if not samples:
             raise DataError("no training samples; check the dataset folder")
@@ -706,6 +709,9 @@ class PatchDataset(Dataset):
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.patches_per_epoch = patches_per_epoch
         self.pages_as_channels = pages_as_channels
+        if object_diameter is not None and object_diameter <= 0:
+            raise ValueError(f"object_diameter must be a positive number of pixels, got {object_diameter}")
+        self.object_diameter = object_diameter
         first = read_image(self.samples[0].image, pages_as_channels=pages_as_channels)
         self.dims = first.ndim - 1
         self.in_channels = first.shape[0]
@@ -747,8 +753,14 @@ class PatchDataset(Dataset):
             raise DataError(f"{sample.image}: NaN/inf values; replace them or re-export the image")
         labels = load_labels(sample, self.classes, image.shape[1:])
         instances = None
-        if self.target == "three_class" or self.weight_map is not None:
+        if self.target == "three_class" or self.weight_map is not None or self.object_diameter:
             instances = load_instances(sample, labels, self.classes)
+        if self.object_diameter:
+            factor = scale_factor(median_object_diameter(instances), self.object_diameter)
+            shape = scaled_shape(labels.shape, factor)
+            image = resize_spatial(image, shape, labels=False)
+            labels = resize_spatial(labels, shape, labels=True)
+            instances = resize_spatial(instances, shape, labels=True)
         if self.target == "three_class":
             ignored = labels == self.classes.ignore_index if self.classes.ignore_index is not None else None
             labels = three_class_from_instances(instances).astype(np.int64)

@@ -135,6 +135,11 @@ def predict_file(
     classes = predictor.classes or default_classes(predictor.num_classes)
     if stream is None:
         stream = streams(predictor, src, dst)
+    if stream and predictor.object_diameter is not None:
+        raise ValueError(
+            f"{src}: this model predicts at a set object scale (data.object_diameter), which needs the "
+            "whole image; predict without streaming (stream=False)"
+        )
     if stream:
         return _predict_streamed(predictor, src, dst, prob_path, channels, classes)
     image = read_image(src)
@@ -148,7 +153,10 @@ def predict_file(
 
 
 def streams(predictor: Predictor, src: PathLike, dst: PathLike) -> bool:
-    """Whether :func:`predict_file` streams ``src``: a 2D TIFF that is big or goes to a TIFF mask."""
+    """Whether :func:`predict_file` streams ``src``: a 2D TIFF that is big or goes to a TIFF mask
+    (never for a model that predicts at a set object scale: the image is resized as a whole)."""
+    if predictor.object_diameter is not None:
+        return False
     if predictor.dims != 2 or suffix_of(src) not in (".tif", ".tiff") or not is_streamable_tiff(src):
         return False
     if suffix_of(dst) in (".tif", ".tiff"):

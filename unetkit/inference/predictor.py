@@ -49,6 +49,9 @@ class Predictor:
         sigma_scale: Gaussian window sigma as a fraction of the tile (0.125, as MONAI).
         classes: the ``ClassInfo`` of the training data (names, colours, mask encoding).
         progress: show a progress bar over the tiles of each image.
+        object_diameter: the median object diameter (px) the network was trained at
+            (``data.object_diameter``); each image is then predicted at that object scale
+            (:func:`~unetkit.data.scale.predict_at_object_scale`: two passes). ``None``: as is.
 
     Arrays go in channel-first: ``(H, W)`` or ``(C, H, W)`` for a 2D network, ``(D, H, W)``
     or ``(C, D, H, W)`` for a 3D one. The network runs in eval mode and is put back in the
@@ -69,12 +72,16 @@ class Predictor:
         sigma_scale: float = 0.125,
         classes: Any = None,
         progress: bool = False,
+        object_diameter: Optional[float] = None,
     ) -> None:
         if isinstance(model_or_run, (str, Path)):
             run = Predictor.from_run(model_or_run)
             model_or_run = run.model
             normalize = run.normalize if normalize is None else normalize
             classes = run.classes if classes is None else classes
+            object_diameter = run.object_diameter if object_diameter is None else object_diameter
+        if object_diameter is not None and object_diameter <= 0:
+            raise ValueError(f"object_diameter must be a positive number of pixels, got {object_diameter}")
         if blend not in BLEND_MODES:
             raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
         if overlap is not None and overlap < 0:
@@ -93,13 +100,14 @@ class Predictor:
         self.sigma_scale = sigma_scale
         self.classes = classes
         self.progress = progress
+        self.object_diameter = object_diameter
 
     @classmethod
     def from_run(cls, run_dir: Union[str, Path], **kwargs: Any) -> Predictor:
         """A predictor for a RUN folder written by ``unetkit train``.
 
         Reads the network (``model.json`` + ``model.safetensors``), ``classes.json`` (the
-        ``ClassInfo``) and ``config.json["data"]["normalize"]`` (the ``NormalizeConfig``)
+        ``ClassInfo``) and ``config.json["data"]`` (its ``normalize`` and ``object_diameter``)
         when they are there. Keyword arguments go to :class:`Predictor`.
         """
         run_dir = Path(run_dir)
@@ -117,12 +125,13 @@ class Predictor:
 
             kwargs["classes"] = ClassInfo.from_dict(_read_json(classes_path))
         config_path = run_dir / CONFIG_FILE
-        if config_path.is_file() and kwargs.get("normalize") is None:
-            normalize = _read_json(config_path).get("data", {}).get("normalize")
-            if normalize is not None:
-                from ..data.normalize import NormalizeConfig
+        data = _read_json(config_path).get("data", {}) if config_path.is_file() else {}
+        if kwargs.get("normalize") is None and data.get("normalize") is not None:
+            from ..data.normalize import NormalizeConfig
 
-                kwargs["normalize"] = NormalizeConfig.from_dict(normalize)
+            kwargs["normalize"] = NormalizeConfig.from_dict(data["normalize"])
+        if kwargs.get("object_diameter") is None:
+            kwargs["object_diameter"] = data.get("object_diameter")
         return cls(model, **kwargs)
 
     # ----------------------------------------------------------------- shapes
@@ -169,6 +178,14 @@ class Predictor:
         if self.normalize is not None:
             image = self._normalize(image)
         image = np.ascontiguousarray(image, dtype=np.float32)
+        if self.object_diameter is not None:
+            from ..data.scale import predict_at_object_scale
+
+            return predict_at_object_scale(self._predict_normalized, image, self.object_diameter)
+        return self._predict_normalized(image)
+
+    def _predict_normalized(self, image: np.ndarray) -> np.ndarray:
+        """``(K, *S)`` probabilities of a normalised float32 ``(C, *S)`` image at its own scale."""
         probs = np.empty((self.model.config.num_classes, *image.shape[1:]), dtype=np.float32)
         for start, stop, block in self.iter_proba(ArraySource(image)):
             probs[:, start:stop] = block

@@ -10,13 +10,21 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import numpy as np
 
 from ..config import monitor_mode
-from ..metrics import best_rand_error, rand_errors_by_threshold, segmentation_metrics, summarize
+from ..metrics import (
+    best_pixel_error,
+    best_rand_error,
+    pixel_counts_by_threshold,
+    rand_errors_by_threshold,
+    segmentation_metrics,
+    summarize,
+)
 from ..utils.atomic import atomic_write_json, atomic_write_text
 from .reporting import markdown_table, save_overlay, write_csv
 
 #: Columns of the report tables, in this order when present.
 REPORT_COLUMNS = (
-    "dice", "iou", "precision", "recall", "pixel_error", "rand_error", "rand_error_best", "hd95", "mean_iou",
+    "dice", "iou", "precision", "recall", "pixel_error", "isbi_pixel_error", "rand_error", "rand_error_best",
+    "hd95", "mean_iou",
     "ap_50", "dsb_score", "f1_50", "aji", "panoptic_quality",
 )
 
@@ -24,7 +32,8 @@ REPORT_COLUMNS = (
 @dataclass
 class Scored:
     """One scored image: its name, the normalised image ``(C, *S)``, truth and prediction ``(*S)``,
-    and for two-class problems its Rand error at each ISBI threshold ``(T,)``."""
+    and for two-class problems its Rand error ``(T,)`` and foreground pixel counts ``(T, 3)`` at
+    each ISBI threshold."""
 
     name: str
     image: np.ndarray
@@ -32,6 +41,7 @@ class Scored:
     pred: np.ndarray
     metrics: dict[str, Any]
     rand_sweep: Optional[np.ndarray] = None
+    pixel_sweep: Optional[np.ndarray] = None
 
 
 def to_data_labels(pred: np.ndarray, target: str) -> np.ndarray:
@@ -67,9 +77,11 @@ def score_images(
     """Predict each ``(name, image (C, *S) normalised, truth (*S)[, true instances (*S)])`` with
     ``predictor`` and score it.
 
-    With ``rand_sweep`` two-class problems also get their Rand error at each ISBI threshold, from
-    which :func:`summary_of` reports ``rand_error_best`` / ``rand_threshold`` (the ISBI 2012
-    protocol, :func:`~unetkit.metrics.best_rand_error`; skipped in per-epoch validation for speed).
+    With ``rand_sweep`` two-class problems also get their Rand error and pixel counts at each ISBI
+    threshold, from which :func:`summary_of` reports ``rand_error_best`` / ``rand_threshold`` and
+    ``isbi_pixel_error`` / ``isbi_pixel_threshold`` (the ISBI 2012 protocol,
+    :func:`~unetkit.metrics.best_rand_error`, :func:`~unetkit.metrics.best_pixel_error`; skipped
+    in per-epoch validation for speed).
     With ``instance_config`` (an :class:`~unetkit.instances.InstanceConfig`) and true instances in
     the items, the object-level scores of :mod:`unetkit.instance_metrics` are added.
     """
@@ -92,12 +104,13 @@ def score_images(
             ignore = classes.ignore_index
             keep = np.ones(truth.shape, bool) if ignore is None else truth != ignore
             sweep = rand_errors_by_threshold(np.where(keep, probs[1], 0.0), np.where(keep, truth, 0))
+            pixel_sweep = pixel_counts_by_threshold(probs[1][keep], truth[keep])
         else:
-            sweep = None
+            sweep = pixel_sweep = None
         if instance_config is not None and true_instances:
             found = predicted_instances(probs, target, instance_config)
             metrics.update(instance_scores(true_instances[0], found).to_dict())
-        scored.append(Scored(name, image, truth, pred, metrics, sweep))
+        scored.append(Scored(name, image, truth, pred, metrics, sweep, pixel_sweep))
     return scored
 
 
@@ -106,6 +119,8 @@ def summary_of(scored: Sequence[Scored], classes: Any) -> dict[str, Any]:
     sweeps = [s.rand_sweep for s in scored if s.rand_sweep is not None]
     if sweeps and len(sweeps) == len(scored):
         summary["rand_error_best"], summary["rand_threshold"] = best_rand_error(np.stack(sweeps))
+        counts = np.stack([s.pixel_sweep for s in scored])
+        summary["isbi_pixel_error"], summary["isbi_pixel_threshold"] = best_pixel_error(counts)
     return summary
 
 
@@ -219,7 +234,9 @@ def evaluate_run(
     check_dataset(data_dir).raise_if_problems()
     samples = find_samples(data_dir)
     normalize = run.config.data.normalize
-    predictor = Predictor(run.model, classes=run.classes, tta=tta)
+    predictor = Predictor(
+        run.model, classes=run.classes, tta=tta, object_diameter=run.config.data.object_diameter
+    )
     def item(sample: Any) -> tuple:
         image, truth = load_sample(sample, run.classes, normalize)
         if instance_config is None:

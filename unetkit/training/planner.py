@@ -2,9 +2,10 @@
 
 Like nnU-Net's planning, but for any PNG/TIFF/NIfTI folder and a wall-clock budget: the patch
 size follows the image and object sizes and the device, the network's depth follows the patch,
-its width the device, the normalisation the image type, the loss the class balance, and the
-number of epochs a short timing of the planned network on this machine. Every value is a plain
-config field, so any of them can be overridden afterwards.
+its width the device, the normalisation the image type, the loss the class balance, the object
+scale the spread of object sizes between images, and the number of epochs a short timing of the
+planned network on this machine. Every value is a plain config field, so any of them can be
+overridden afterwards.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
-from ..data.dataset import check_dataset, find_samples, load_labels
+from ..data.dataset import check_dataset, find_samples, load_instances, load_labels
 from ..data.io import read_image
 from ..data.normalize import NormalizeConfig
+from ..data.scale import equivalent_diameters, median_object_diameter, scale_factor
 from ..losses import LossConfig
 from ..models import build_model
 from .precision import autocast, mixed_precision_dtype
@@ -38,6 +40,10 @@ MIN_EPOCH_SECONDS = 30.0
 #: Validation seconds per validated pixel, in units of training-step seconds per trained pixel
 #: (a forward pass without the backward, plus the metrics).
 VALIDATION_COST = 0.5
+#: Object scale is set when the images' median object diameters spread more than this
+#: (90th over 10th percentile), measured on at least OBJECT_SCALE_MIN_IMAGES images.
+OBJECT_SCALE_SPREAD = 3.0
+OBJECT_SCALE_MIN_IMAGES = 5
 
 
 @dataclass
@@ -83,6 +89,7 @@ class Fingerprint:
     intensity: dict[str, float]
     median_object_diameter: Optional[float]
     full_range_fraction: float = 0.0
+    image_object_diameters: list[float] = field(default_factory=list)
 
     def describe(self) -> str:
         fractions = ", ".join(f"{n} {f:.1%}" for n, f in zip(self.class_names, self.class_fractions))
@@ -120,7 +127,8 @@ class Plan:
             f"  model     {c.model.architecture}, depth {c.model.depth}, base width {c.model.base_channels}, "
             f"{c.model.padding} padding, {c.model.norm} norm, {c.model.num_classes} output channel(s)",
             f"  patches   {c.data.patch_size} px, batch {c.data.batch_size}, "
-            f"{c.data.patches_per_epoch} patches per epoch",
+            f"{c.data.patches_per_epoch} patches per epoch"
+            + (f", objects resized to {c.data.object_diameter:g} px" if c.data.object_diameter else ""),
             f"  normalise {c.data.normalize.mode}",
             f"  loss      {c.loss.name}",
             f"  optimiser {c.optim.name} lr {c.optim.lr:g}, {c.schedule.name} schedule, "
@@ -139,18 +147,6 @@ class Plan:
         return "\n".join(lines)
 
 
-def _object_diameters(labels: np.ndarray) -> list[float]:
-    """Equivalent diameters of the connected foreground objects (class > 0) of one label map."""
-    from scipy import ndimage
-
-    objects, n = ndimage.label(labels > 0)
-    if n == 0:
-        return []
-    areas = np.bincount(objects.ravel())[1:]
-    power = 1.0 / labels.ndim
-    return [float(2 * (a * (3 / (4 * math.pi) if labels.ndim == 3 else 1 / math.pi)) ** power) for a in areas]
-
-
 def fingerprint_dataset(root: Union[str, Path]) -> tuple[Fingerprint, Any]:
     """Fingerprint a dataset folder; returns it with the data area's ``CheckReport`` (raises on problems)."""
     report = check_dataset(root)
@@ -163,7 +159,7 @@ def fingerprint_dataset(root: Union[str, Path]) -> tuple[Fingerprint, Any]:
         if len(samples) <= MAX_IMAGES_FINGERPRINTED
         else [samples[i] for i in sorted(rng.choice(len(samples), MAX_IMAGES_FINGERPRINTED, replace=False))]
     )
-    shapes, values, diameters, spans = [], [], [], []
+    shapes, values, diameters, image_diameters, spans = [], [], [], [], []
     counts = np.zeros(classes.num_classes, dtype=np.int64)
     dtype = ""
     channels = 1
@@ -178,8 +174,11 @@ def fingerprint_dataset(root: Union[str, Path]) -> tuple[Fingerprint, Any]:
         labels = load_labels(sample, classes, image.shape[1:])
         valid = labels[labels != classes.ignore_index] if classes.ignore_index is not None else labels.ravel()
         counts += np.bincount(valid.ravel(), minlength=classes.num_classes)[: classes.num_classes]
-        if classes.num_classes == 2:
-            diameters += _object_diameters(labels == 1)
+        if classes.num_classes == 2 or sample.instances is not None:
+            found = equivalent_diameters(load_instances(sample, labels, classes))
+            diameters += found.tolist()
+            if found.size:
+                image_diameters.append(float(np.median(found)))
     pixels = np.concatenate(values, axis=1).astype(np.float64)
     shapes_arr = np.array(shapes)
     fractions = (counts / max(counts.sum(), 1)).tolist()
@@ -200,14 +199,50 @@ def fingerprint_dataset(root: Union[str, Path]) -> tuple[Fingerprint, Any]:
             "std": float(pixels.std()),
         },
         median_object_diameter=float(np.median(diameters)) if diameters else None,
+        image_object_diameters=image_diameters,
         full_range_fraction=float(np.mean([s >= 200 for s in spans])) if dtype == "uint8" else 0.0,
     )
     return fp, report
 
 
-def _dataset_pixels(root: Union[str, Path]) -> int:
-    """Pixels (voxels) in the images of a dataset folder."""
-    return sum(int(np.prod(read_image(s.image).shape[1:])) for s in find_samples(root))
+def _object_scale(fp: Fingerprint) -> tuple[Optional[float], str]:
+    """``data.object_diameter`` for a dataset (``None``: each image at its own scale) and why."""
+    per_image = np.array(fp.image_object_diameters)
+    if per_image.size < OBJECT_SCALE_MIN_IMAGES:
+        return None, "objects at each image's own scale: too few images with objects to compare their sizes"
+    low, middle, high = np.percentile(per_image, [10, 50, 90])
+    spread = high / low
+    sizes = f"the images' median object diameters run {low:.0f}-{high:.0f} px (10th-90th percentile)"
+    if spread < OBJECT_SCALE_SPREAD:
+        return None, f"objects at each image's own scale: {sizes}, {spread:.1f}x, close enough"
+    diameter = float(round(middle))
+    return diameter, (
+        f"object diameter {diameter:g} px: {sizes}, {spread:.1f}x apart, so every image is resized to "
+        f"objects of the typical {diameter:g} px for training, and at prediction after a first pass "
+        "measures them"
+    )
+
+
+def _passes(diameter: float, object_diameter: Optional[float], dims: int) -> float:
+    """Pixels the predictor goes through per pixel of an image whose objects measure ``diameter``:
+    1, plus the resized second pass when the run has an object scale (see :mod:`..data.scale`)."""
+    if not object_diameter:
+        return 1.0
+    factor = scale_factor(diameter, object_diameter)
+    return 1.0 if factor == 1.0 else 1.0 + factor**dims
+
+
+def _validation_pixels(root: Union[str, Path], classes: Any, object_diameter: Optional[float]) -> float:
+    """Pixels (voxels) the predictor goes through to validate on the images of a dataset folder."""
+    total = 0.0
+    for sample in find_samples(root):
+        image = read_image(sample.image)
+        diameter = math.nan
+        if object_diameter:
+            labels = load_labels(sample, classes, image.shape[1:])
+            diameter = median_object_diameter(load_instances(sample, labels, classes))
+        total += np.prod(image.shape[1:]) * _passes(diameter, object_diameter, image.ndim - 1)
+    return total
 
 
 def _round_down(value: int, multiple: int) -> int:
@@ -351,6 +386,8 @@ def plan_training(
             f"loss cross-entropy: the rarest class is {rarest:.1%} of the pixels (balanced enough)"
         )
 
+    object_diameter, why_scale = _object_scale(fp)
+    reasons.append(why_scale)
     data = dataclasses.replace(
         config.data,
         train=str(train_dir),
@@ -360,6 +397,7 @@ def plan_training(
         normalize=normalize,
         foreground_oversample=0.33 if rarest < 0.1 else 0.0,
         target=target,
+        object_diameter=object_diameter,
     )
     train_pixels = int(np.prod(fp.median_shape)) * fp.n_images
     per_epoch = max(batch * 8, round(train_pixels / patch**dims / batch) * batch)
@@ -374,7 +412,10 @@ def plan_training(
     if measure:
         seconds = time_training_step(config, machine.device)
         val_pixels = (
-            _dataset_pixels(val_dir) if val_dir else config.data.val_fraction * train_pixels
+            _validation_pixels(val_dir, report.classes, object_diameter)
+            if val_dir
+            else config.data.val_fraction * train_pixels
+            * float(np.mean([_passes(d, object_diameter, dims) for d in fp.image_object_diameters] or [1.0]))
         )
         val_seconds = VALIDATION_COST * val_pixels / (batch * patch**dims) * seconds
         min_epoch = max(MIN_EPOCH_SECONDS, 10 * val_seconds)

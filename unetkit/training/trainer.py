@@ -242,6 +242,7 @@ class Trainer:
             seed=self.config.seed,
             patches_per_epoch=per_epoch,
             output_size=_tuple(output, dims) if isinstance(output, int) else output,
+            object_diameter=cfg.object_diameter,
         )
 
     def _tensorboard(self) -> Any:
@@ -428,7 +429,10 @@ class Trainer:
         """Whole-image metrics on the validation set (empty dict without one)."""
         if not self.val_items:
             return {}, []
-        predictor = Predictor(self.evaluated_model, device=self.device, classes=self.data.classes)
+        predictor = Predictor(
+            self.evaluated_model, device=self.device, classes=self.data.classes,
+            object_diameter=self.config.data.object_diameter,
+        )
         scored = score_images(
             predictor, self.val_items, self.data.classes, target=self.config.data.target, rand_sweep=False
         )
