@@ -19,6 +19,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import yaml
 
+from .data.instances import TARGETS
 from .data.normalize import NormalizeConfig
 from .data.transforms import AugmentConfig
 from .losses import LOSSES, LossConfig
@@ -27,7 +28,6 @@ from .utils.atomic import atomic_write_text
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "poly")
-TARGETS = ("semantic", "three_class")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 #: Metrics where lower is better; every other monitored metric is maximised.

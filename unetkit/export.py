@@ -89,7 +89,11 @@ def valid_size_rule(model: SizeRules) -> dict[str, Any]:
 
 
 def build_contract(
-    model: nn.Module, classes: Any = None, normalize: Any = None, object_diameter: Optional[float] = None
+    model: nn.Module,
+    classes: Any = None,
+    normalize: Any = None,
+    object_diameter: Optional[float] = None,
+    target: str = "semantic",
 ) -> dict[str, Any]:
     """The pre/post-processing contract of ``model`` as a JSON-able dict.
 
@@ -98,6 +102,8 @@ def build_contract(
         classes: the ``ClassInfo`` of the training data, or ``None``.
         normalize: the ``NormalizeConfig`` of the training data, or ``None`` (inputs already normalised).
         object_diameter: the object scale the network was trained at (``data.object_diameter``), or ``None``.
+        target: ``data.target``: ``"semantic"``, or ``"three_class"`` (outputs background / interior /
+            border; interior and border are the foreground class of ``classes``).
     """
     config: ModelConfig = model.config
     spatial = "D, H, W" if config.dims == 3 else "H, W"
@@ -125,6 +131,7 @@ def build_contract(
             "labels": "foreground where sigmoid(logit) > 0.5" if binary else "argmax over axis 1",
         },
         "classes": classes.to_dict() if classes is not None else None,
+        "target": target,
         "object_scale": None if object_diameter is None else {
             "diameter": float(object_diameter),
             "rule": "resize each image so that the median equivalent diameter of its objects (measured on a "
@@ -198,6 +205,7 @@ def export_model(
     classes: Any = None,
     normalize: Any = None,
     object_diameter: Optional[float] = None,
+    target: str = "semantic",
 ) -> Path:
     """Write ``model`` as ``fmt`` (``"onnx"``/``"torchscript"``) to ``out``, the contract to ``out.json``.
 
@@ -205,7 +213,7 @@ def export_model(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
-    contract = build_contract(model, classes, normalize, object_diameter)
+    contract = build_contract(model, classes, normalize, object_diameter, target)
     data = onnx_bytes(model, contract) if fmt == "onnx" else torchscript_bytes(model, contract)
     out = Path(out)
     atomic_write_bytes(out, data)
@@ -224,7 +232,7 @@ def export_run(run_dir: PathLike, fmt: str, out: Optional[PathLike] = None) -> P
     target = Path(out) if out is not None else Path(run_dir) / f"model{SUFFIXES.get(fmt, '')}"
     return export_model(
         predictor.model, target, fmt, classes=predictor.classes, normalize=predictor.normalize,
-        object_diameter=predictor.object_diameter,
+        object_diameter=predictor.object_diameter, target=predictor.target,
     )
 
 
@@ -318,6 +326,10 @@ class ExportedModel(SizeRules):
         data = self.contract.get("normalize")
         return NormalizeConfig.from_dict(data) if data else None
 
+    def target(self) -> str:
+        """``data.target`` stored in the contract (``"semantic"`` for files without one)."""
+        return self.contract.get("target") or "semantic"
+
     def object_diameter(self) -> Optional[float]:
         """The object scale stored in the contract (``data.object_diameter``), or ``None``."""
         scale = self.contract.get("object_scale")
@@ -354,7 +366,8 @@ def load_backend(kind: str, source: PathLike) -> Union[nn.Module, ExportedModel]
 
         predictor = Predictor.from_run(source, device="cpu")
         contract = build_contract(
-            predictor.model, predictor.classes, predictor.normalize, predictor.object_diameter
+            predictor.model, predictor.classes, predictor.normalize, predictor.object_diameter,
+            predictor.target,
         )
         if kind == "onnxruntime":
             runner = _onnx_session(onnx_bytes(predictor.model, contract))
@@ -378,7 +391,7 @@ def load_backend(kind: str, source: PathLike) -> Union[nn.Module, ExportedModel]
 def predictor_for(source: PathLike, backend: str = "torch", **kwargs: Any) -> Any:
     """A :class:`~unetkit.inference.Predictor` for a RUN folder or an exported file, run by ``backend``.
 
-    Normalisation, classes and object scale come from the RUN folder or the file's contract unless
+    Normalisation, classes, object scale and target come from the RUN folder or the file's contract unless
     given in ``kwargs`` (the other keyword arguments go to the Predictor too).
     """
     from .inference import Predictor
@@ -392,4 +405,6 @@ def predictor_for(source: PathLike, backend: str = "torch", **kwargs: Any) -> An
         kwargs["classes"] = model.class_info()
     if kwargs.get("object_diameter") is None:
         kwargs["object_diameter"] = model.object_diameter()
+    if kwargs.get("target") is None:
+        kwargs["target"] = model.target()
     return Predictor(model, **kwargs)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import struct
 import threading
 import zlib
 
 import numpy as np
 import pytest
+import torch
 from deploy_helpers import cells_png, make_run, threshold_model
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -19,6 +21,7 @@ from unetkit.data.classes import ClassInfo
 from unetkit.export import export_run, predictor_for
 from unetkit.inference import Predictor
 from unetkit.instances import instances_from_foreground
+from unetkit.models import PlainFCN
 from unetkit.serve import BoundedQueue, Limits, QueueFull, ServeOptions, create_app
 
 
@@ -281,3 +284,23 @@ def test_serving_an_exported_onnx_file(served_run, tmp_path):
     mask = np.asarray(Image.open(io.BytesIO(post(client, data).content)))
     expected = Predictor.from_run(served_run, device="cpu").predict(pixels)
     np.testing.assert_array_equal(mask, expected.astype(np.uint8) * 255)
+
+
+def test_three_class_run_serves_dataset_masks_and_separates_touching_objects(tmp_path):
+    """A `--target three-class` run: 0/255 masks (the dataset's encoding), objects by the border route."""
+    model = PlainFCN(1, 3, num_layers=0).eval()  # logits from the normalised intensity x
+    with torch.no_grad():
+        model.body[-1].weight.copy_(torch.tensor([-40.0, 40.0, 0.0]).view(3, 1, 1, 1))
+        model.body[-1].bias.copy_(torch.tensor([10.0, -30.0, 0.0]))  # 0 background, 0.5 border, 1 interior
+    run = make_run(tmp_path / "run", model)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({"data": {**config["data"], "target": "three_class"}}))
+    image = np.zeros((40, 60), dtype=np.uint8)
+    image[8:32, 6:54] = 128  # two squares touching along x = 30, each with a border ring
+    image[11:29, 9:27] = 255
+    image[11:29, 33:51] = 255
+    client = client_for(run)
+    mask = np.asarray(Image.open(io.BytesIO(post(client, encode(image)).content)))
+    assert set(np.unique(mask)) == {0, 255} and (mask == 255).sum() == 24 * 48
+    result = post(client, encode(image), query="?instances=true").json()
+    assert result["count"] == 2 and {o["class"] for o in result["objects"]} == {"foreground"}

@@ -75,6 +75,36 @@ def test_three_class_run_uses_the_border_route(tmp_path):
     assert (labels > 0).sum() == 2 * 24 * 24
 
 
+
+def test_three_class_run_writes_masks_in_the_datasets_encoding(tmp_path):
+    """A run as `unetkit train --target three-class` writes it: the dataset's classes (0/255 masks) in
+    classes.json, the target in config.json. Masks come back 0/255, objects by the border route."""
+    model = intensity_model([-40.0, 40.0, 0.0], [10.0, -30.0, 0.0])
+    run = make_run(tmp_path, model, ClassInfo.binary(), NormalizeConfig(mode="fixed"))
+    config = json.loads((run / "config.json").read_text())
+    config["data"]["target"] = "three_class"
+    (run / "config.json").write_text(json.dumps(config))
+    image = np.zeros((40, 60), dtype=np.uint8)
+    image[8:32, 6:30] = 128
+    image[8:32, 30:54] = 128
+    image[11:29, 9:27] = 255
+    image[11:29, 33:51] = 255
+    src = save_png(tmp_path / "in" / "pair.png", image)
+    out = tmp_path / "out"
+    assert main(["predict", str(run), str(src), "--out", str(out), "--instances"]) == 0
+    mask = np.asarray(Image.open(out / "pair.png"))
+    assert set(np.unique(mask)) == {0, 255} and (mask == 255).sum() == 2 * 24 * 24
+    assert tifffile.imread(out / "pair_instances.tif").max() == 2
+
+    from unetkit.export import export_run, predictor_for, read_contract
+    from unetkit.inference import Predictor
+
+    assert Predictor.from_run(run).target == "three_class"
+    onnx = export_run(run, "onnx", tmp_path / "net.onnx")
+    assert read_contract(onnx)["target"] == "three_class"
+    exported = predictor_for(onnx, "onnxruntime", device="cpu")
+    assert exported.target == "three_class" and set(np.unique(exported.predict(image))) == {0, 1}
+
 def test_instances_need_a_foreground_or_three_class_model(tmp_path, capsys):
     run = make_run(tmp_path, intensity_model([1.0, 2.0, 3.0, 4.0], [0.0] * 4),
                    ClassInfo([f"c{i}" for i in range(4)]), NormalizeConfig(mode="fixed"))

@@ -103,11 +103,10 @@ def _save_overlay(path: Path, image: np.ndarray, labels: np.ndarray, colors) -> 
         Image.fromarray(overlay(image, labels, colors)).save(tmp, format="PNG")
 
 
-def instance_config(args: argparse.Namespace, classes: ClassInfo) -> InstanceConfig:
+def instance_config(args: argparse.Namespace, classes: ClassInfo, target: str) -> InstanceConfig:
     """The instance route for this run: the 3-class route for a run trained on that target."""
-    method = args.instance_method or (
-        "three_class" if list(classes.names) == list(ClassInfo.three_class().names) else "watershed"
-    )
+    three_class = target == "three_class" or list(classes.names) == list(ClassInfo.three_class().names)
+    method = args.instance_method or ("three_class" if three_class else "watershed")
     return InstanceConfig(method=method, min_size=args.min_size, min_distance=args.min_distance)
 
 
@@ -152,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     counts = np.zeros(predictor.num_classes, dtype=np.int64)
     done = skipped = 0
     stems: set[str] = set()
-    objects_config = instance_config(args, classes) if args.instances else None
+    objects_config = instance_config(args, classes, predictor.target) if args.instances else None
     coco = CocoCollection()
 
     def report(message: str) -> None:

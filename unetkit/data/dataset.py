@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .classes import ClassesFile, ClassInfo, default_colors, find_classes_file, read_classes_file
-from .instances import label_objects, three_class_from_instances
+from .instances import TARGETS, label_objects, three_class_from_instances
 from .io import (
     IMAGE_SUFFIXES,
     DataError,
@@ -44,7 +44,6 @@ from .weights import BorderWeightConfig, border_weight_map
 PathLike = Union[str, "os.PathLike[str]"]
 
 MASK_TAGS = ("_mask", "_masks", "_label", "_labels")
-TARGETS = ("semantic", "three_class")
 # A label image with more distinct values than this (or values above 255) holds instance ids.
 MAX_CLASS_IDS = 64
 # 0/255 masks whose other grey levels cover less than this fraction of pixels are binary255 with

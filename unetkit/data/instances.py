@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+#: What a network is trained to output: the dataset's classes, or background / interior / border.
+TARGETS = ("semantic", "three_class")
+
 
 def label_objects(foreground: np.ndarray) -> np.ndarray:
     """Connected components of a boolean mask ``(*S)`` -> int32 instance ids (0 = background).
@@ -30,3 +33,13 @@ def three_class_from_instances(instances: np.ndarray, border_width: int = 2) -> 
     out = (np.asarray(instances) > 0).astype(np.uint8)
     out[object_borders(instances, border_width)] = 2
     return out
+
+
+def to_data_labels(pred: np.ndarray, target: str) -> np.ndarray:
+    """A network's class ids ``(*S)`` -> the dataset's: a ``three_class`` network (background /
+    interior / border) predicts foreground (1) wherever it predicts interior or border."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if target == "three_class":
+        return (np.asarray(pred) > 0).astype(np.int64)
+    return pred

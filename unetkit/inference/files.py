@@ -144,7 +144,7 @@ def predict_file(
         return _predict_streamed(predictor, src, dst, prob_path, channels, classes)
     image = read_image(src)
     probs = predictor.predict_proba(_checked(predictor, convert_channels(image, channels), src))
-    labels = predictor.labels_from_blocks(probs)
+    labels = predictor.labels(probs)
     mask_path = classes.save_mask(dst, labels)
     if prob_path is not None:
         save_probabilities(prob_path, probs)
@@ -209,7 +209,7 @@ def _predict_streamed(
 
         def mask_bands():
             for band in rebuffer_bands(blocks, height):
-                labels = predictor.labels_from_blocks(np.ascontiguousarray(band))
+                labels = predictor.labels(np.ascontiguousarray(band))
                 counts[:] += np.bincount(labels.ravel(), minlength=len(counts))[: len(counts)]
                 yield classes.encode(labels).astype(dtype, copy=False)
 

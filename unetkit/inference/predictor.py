@@ -12,6 +12,7 @@ from torch import nn
 
 from ..activation import logits_to_probabilities, num_output_classes, probabilities_to_labels
 from ..checkpoint import load_model
+from ..data.instances import TARGETS, to_data_labels
 from .memory import auto_tile_and_batch
 from .tiling import BLEND_MODES, ArraySource, RegionSource, blend_tiles, blend_window, plan_tiles
 from .tta import symmetries
@@ -52,6 +53,9 @@ class Predictor:
         object_diameter: the median object diameter (px) the network was trained at
             (``data.object_diameter``); each image is then predicted at that object scale
             (:func:`~unetkit.data.scale.predict_at_object_scale`: two passes). ``None``: as is.
+        target: what the network was trained to output (``data.target``): ``"semantic"`` (the
+            classes of ``classes``) or ``"three_class"`` (background / interior / border, whose
+            :meth:`labels` are the dataset's background / foreground).
 
     Arrays go in channel-first: ``(H, W)`` or ``(C, H, W)`` for a 2D network, ``(D, H, W)``
     or ``(C, D, H, W)`` for a 3D one. The network runs in eval mode and is put back in the
@@ -73,6 +77,7 @@ class Predictor:
         classes: Any = None,
         progress: bool = False,
         object_diameter: Optional[float] = None,
+        target: Optional[str] = None,
     ) -> None:
         if isinstance(model_or_run, (str, Path)):
             run = Predictor.from_run(model_or_run)
@@ -80,6 +85,7 @@ class Predictor:
             normalize = run.normalize if normalize is None else normalize
             classes = run.classes if classes is None else classes
             object_diameter = run.object_diameter if object_diameter is None else object_diameter
+            target = run.target if target is None else target
         if object_diameter is not None and object_diameter <= 0:
             raise ValueError(f"object_diameter must be a positive number of pixels, got {object_diameter}")
         if blend not in BLEND_MODES:
@@ -101,14 +107,17 @@ class Predictor:
         self.classes = classes
         self.progress = progress
         self.object_diameter = object_diameter
+        self.target = target or "semantic"
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
 
     @classmethod
     def from_run(cls, run_dir: Union[str, Path], **kwargs: Any) -> Predictor:
         """A predictor for a RUN folder written by ``unetkit train``.
 
         Reads the network (``model.json`` + ``model.safetensors``), ``classes.json`` (the
-        ``ClassInfo``) and ``config.json["data"]`` (its ``normalize`` and ``object_diameter``)
-        when they are there. Keyword arguments go to :class:`Predictor`.
+        ``ClassInfo``) and ``config.json["data"]`` (its ``normalize``, ``object_diameter`` and
+        ``target``) when they are there. Keyword arguments go to :class:`Predictor`.
         """
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
@@ -132,6 +141,8 @@ class Predictor:
             kwargs["normalize"] = NormalizeConfig.from_dict(data["normalize"])
         if kwargs.get("object_diameter") is None:
             kwargs["object_diameter"] = data.get("object_diameter")
+        if kwargs.get("target") is None:
+            kwargs["target"] = data.get("target")
         return cls(model, **kwargs)
 
     # ----------------------------------------------------------------- shapes
@@ -192,8 +203,14 @@ class Predictor:
         return expand_binary(probs)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        """Class ids, int64 ``(*S)``."""
-        return self.labels_from_blocks(self.predict_proba(image))
+        """Class ids of the training data's classes, int64 ``(*S)`` (see :meth:`labels`)."""
+        return self.labels(self.predict_proba(image))
+
+    def labels(self, probs: np.ndarray) -> np.ndarray:
+        """``(K, *S)`` probabilities -> int64 class ids ``(*S)`` of the training data's classes:
+        the network's classes (:meth:`labels_from_blocks`), mapped back to the dataset's for a
+        ``three_class`` network (interior and border are foreground)."""
+        return to_data_labels(self.labels_from_blocks(probs), self.target)
 
     def predict_file(
         self,

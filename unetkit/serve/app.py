@@ -31,6 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..activation import probabilities_to_labels
 from ..data.classes import ClassInfo, default_colors
+from ..data.instances import to_data_labels
 from ..export import valid_size_rule
 from ..inference.files import default_classes
 from .jobs import BoundedQueue, QueueFull
@@ -110,10 +111,12 @@ class Segmenter:
         return (self.tta_predictor if tta else self.predictor).predict_proba(image)
 
     def labels(self, probs: np.ndarray, threshold: float) -> np.ndarray:
-        """Class ids ``(H, W)``; for a binary model ``threshold`` applies to the foreground probability."""
+        """Class ids ``(H, W)`` of the training data's classes; for a binary model ``threshold``
+        applies to the foreground probability."""
         if self.binary:
             probs = probs[1:]
-        return probabilities_to_labels(torch.from_numpy(probs)[None], threshold)[0].numpy()
+        labels = probabilities_to_labels(torch.from_numpy(probs)[None], threshold)[0].numpy()
+        return to_data_labels(labels, self.predictor.target)
 
     def mask_png(self, labels: np.ndarray) -> tuple[bytes, str]:
         """The mask file in the training masks' encoding (``ClassInfo.save_mask``) and its media type."""
@@ -150,7 +153,7 @@ class Segmenter:
     def objects_response(self, data: bytes, threshold: float, tta: bool, include_masks: bool) -> dict:
         probs = self.probabilities(data, tta)
         labels = self.labels(probs, threshold)
-        instances = object_labels(probs, labels, self.classes, threshold)
+        instances = object_labels(probs, labels, self.classes, threshold, self.predictor.target)
         objects = measure_objects(instances, labels, self.classes)
         result: dict[str, Any] = {
             "width": int(labels.shape[1]),

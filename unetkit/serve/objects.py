@@ -18,9 +18,10 @@ from ..instances import InstanceConfig, instances_from_foreground, instances_fro
 
 
 def object_labels(probabilities: np.ndarray, labels: np.ndarray, classes: ClassInfo,
-                  threshold: float) -> np.ndarray:
-    """Instance labels ``(H, W)`` from per-class probabilities ``(K, H, W)`` and class ids ``(H, W)``."""
-    if list(classes.names) == list(ClassInfo.three_class().names):
+                  threshold: float, target: str = "semantic") -> np.ndarray:
+    """Instance labels ``(H, W)`` from per-class probabilities ``(K, H, W)`` and class ids ``(H, W)``
+    (``target``: the run's ``data.target``)."""
+    if target == "three_class" or list(classes.names) == list(ClassInfo.three_class().names):
         return instances_from_three_class(probabilities, InstanceConfig(method="three_class"))
     if probabilities.shape[0] == 2:
         return instances_from_foreground(probabilities[1], InstanceConfig(threshold=threshold))

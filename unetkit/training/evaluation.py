@@ -10,6 +10,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import numpy as np
 
 from ..config import monitor_mode
+from ..data.instances import to_data_labels
 from ..metrics import (
     best_pixel_error,
     best_rand_error,
@@ -42,14 +43,6 @@ class Scored:
     metrics: dict[str, Any]
     rand_sweep: Optional[np.ndarray] = None
     pixel_sweep: Optional[np.ndarray] = None
-
-
-def to_data_labels(pred: np.ndarray, target: str) -> np.ndarray:
-    """Map the network's classes to the dataset's: a ``three_class`` net (background / interior /
-    border) predicts foreground wherever it predicts interior or border."""
-    if target == "three_class":
-        return (pred > 0).astype(np.int64)
-    return pred
 
 
 def predicted_instances(probs: np.ndarray, target: str, config: Any) -> np.ndarray:
