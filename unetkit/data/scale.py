@@ -6,7 +6,8 @@ magnifications) is harder than the same objects at one size. With ``data.object_
 each training image is resized so that the median equivalent diameter of its objects (measured on
 its instance or mask image) becomes that many pixels; at prediction the diameter is measured on a
 first pass at the image's own scale, the image is resized accordingly and predicted again, and the
-probabilities are resized back (:func:`predict_at_object_scale`).
+probabilities are resized back (:func:`predict_at_object_scale`). Volumes are resized by the same
+factor along every axis (diameters are measured in voxels), so anisotropic stacks keep their anisotropy.
 """
 
 from __future__ import annotations
