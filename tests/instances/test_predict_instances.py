@@ -16,6 +16,8 @@ from PIL import Image
 from unetkit.cli import main
 from unetkit.data.classes import ClassInfo
 from unetkit.data.normalize import NormalizeConfig
+from unetkit.export import export_run, predictor_for, read_contract
+from unetkit.inference import Predictor
 from unetkit.models import PlainFCN
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
@@ -35,6 +37,21 @@ def save_png(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array.astype(np.uint8)).save(path)
     return path
+
+
+#: Logits of background / interior / border from the normalised intensity: 0 -> background, 0.5 ->
+#: border, 1 -> interior.
+THREE_CLASS_LOGITS = ([-40.0, 40.0, 0.0], [10.0, -30.0, 0.0])
+
+
+def touching_squares() -> np.ndarray:
+    """Two 24 px squares touching along x = 30, each a border ring (128) around an interior (255)."""
+    image = np.zeros((40, 60), dtype=np.uint8)
+    image[8:32, 6:30] = 128
+    image[8:32, 30:54] = 128
+    image[11:29, 9:27] = 255
+    image[11:29, 33:51] = 255
+    return image
 
 
 def test_watershed_route_writes_labels_table_and_coco(tmp_path):
@@ -59,15 +76,9 @@ def test_watershed_route_writes_labels_table_and_coco(tmp_path):
 
 
 def test_three_class_run_uses_the_border_route(tmp_path):
-    # normalised 0 -> background, 0.5 -> border, 1 -> interior
-    model = intensity_model([-40.0, 40.0, 0.0], [10.0, -30.0, 0.0])
+    model = intensity_model(*THREE_CLASS_LOGITS)
     run = make_run(tmp_path, model, ClassInfo.three_class(), NormalizeConfig(mode="fixed"))
-    image = np.zeros((40, 60), dtype=np.uint8)
-    image[8:32, 6:30] = 128  # two squares touching along x = 30, each with a border ring
-    image[8:32, 30:54] = 128
-    image[11:29, 9:27] = 255
-    image[11:29, 33:51] = 255
-    src = save_png(tmp_path / "in" / "pair.png", image)
+    src = save_png(tmp_path / "in" / "pair.png", touching_squares())
     out = tmp_path / "out"
     assert main(["predict", str(run), str(src), "--out", str(out), "--instances"]) == 0
     labels = tifffile.imread(out / "pair_instances.tif")
@@ -75,29 +86,21 @@ def test_three_class_run_uses_the_border_route(tmp_path):
     assert (labels > 0).sum() == 2 * 24 * 24
 
 
-
 def test_three_class_run_writes_masks_in_the_datasets_encoding(tmp_path):
     """A run as `unetkit train --target three-class` writes it: the dataset's classes (0/255 masks) in
     classes.json, the target in config.json. Masks come back 0/255, objects by the border route."""
-    model = intensity_model([-40.0, 40.0, 0.0], [10.0, -30.0, 0.0])
+    model = intensity_model(*THREE_CLASS_LOGITS)
     run = make_run(tmp_path, model, ClassInfo.binary(), NormalizeConfig(mode="fixed"))
     config = json.loads((run / "config.json").read_text())
     config["data"]["target"] = "three_class"
     (run / "config.json").write_text(json.dumps(config))
-    image = np.zeros((40, 60), dtype=np.uint8)
-    image[8:32, 6:30] = 128
-    image[8:32, 30:54] = 128
-    image[11:29, 9:27] = 255
-    image[11:29, 33:51] = 255
+    image = touching_squares()
     src = save_png(tmp_path / "in" / "pair.png", image)
     out = tmp_path / "out"
     assert main(["predict", str(run), str(src), "--out", str(out), "--instances"]) == 0
     mask = np.asarray(Image.open(out / "pair.png"))
     assert set(np.unique(mask)) == {0, 255} and (mask == 255).sum() == 2 * 24 * 24
     assert tifffile.imread(out / "pair_instances.tif").max() == 2
-
-    from unetkit.export import export_run, predictor_for, read_contract
-    from unetkit.inference import Predictor
 
     assert Predictor.from_run(run).target == "three_class"
     onnx = export_run(run, "onnx", tmp_path / "net.onnx")

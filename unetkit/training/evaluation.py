@@ -10,7 +10,6 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import numpy as np
 
 from ..config import monitor_mode
-from ..data.instances import to_data_labels
 from ..metrics import (
     best_pixel_error,
     best_rand_error,
@@ -62,13 +61,13 @@ def score_images(
     items: Iterable[tuple],
     classes: Any,
     *,
-    target: str = "semantic",
     spacing: Optional[Sequence[float]] = None,
     rand_sweep: bool = True,
     instance_config: Any = None,
 ) -> list[Scored]:
     """Predict each ``(name, image (C, *S) normalised, truth (*S)[, true instances (*S)])`` with
-    ``predictor`` and score it.
+    ``predictor`` and score it in the dataset's classes (``predictor.labels``; a three-class
+    network's objects come from its border route).
 
     With ``rand_sweep`` two-class problems also get their Rand error and pixel counts at each ISBI
     threshold, from which :func:`summary_of` reports ``rand_error_best`` / ``rand_threshold`` and
@@ -81,10 +80,11 @@ def score_images(
     from ..instance_metrics import instance_scores
 
     scored = []
+    target = predictor.target
     binary = classes.num_classes == 2 and target == "semantic"
     for name, image, truth, *true_instances in items:
         probs = predictor.predict_proba(image)
-        pred = to_data_labels(predictor.labels_from_blocks(probs), target)
+        pred = predictor.labels(probs)
         metrics = segmentation_metrics(
             pred,
             truth,
@@ -226,12 +226,12 @@ def evaluate_run(
     run = Run.load(run_dir)
     check_dataset(data_dir).raise_if_problems()
     samples = find_samples(data_dir)
-    normalize = run.config.data.normalize
+    cfg = run.config.data
     predictor = Predictor(
-        run.model, classes=run.classes, tta=tta, object_diameter=run.config.data.object_diameter
+        run.model, classes=run.classes, tta=tta, object_diameter=cfg.object_diameter, target=cfg.target
     )
     def item(sample: Any) -> tuple:
-        image, truth = load_sample(sample, run.classes, normalize)
+        image, truth = load_sample(sample, run.classes, cfg.normalize)
         if instance_config is None:
             return sample.name, image, truth
         return sample.name, image, truth, load_instances(sample, truth, run.classes)
@@ -241,8 +241,7 @@ def evaluate_run(
         from tqdm.auto import tqdm
 
         items = tqdm(items, total=len(samples), desc="evaluating", unit="image")
-    scored = score_images(predictor, items, run.classes, target=run.config.data.target,
-                          instance_config=instance_config)
+    scored = score_images(predictor, items, run.classes, instance_config=instance_config)
     out_dir = Path(out_dir)
     if save_masks:
         for s in scored:

@@ -431,11 +431,9 @@ class Trainer:
             return {}, []
         predictor = Predictor(
             self.evaluated_model, device=self.device, classes=self.data.classes,
-            object_diameter=self.config.data.object_diameter,
+            object_diameter=self.config.data.object_diameter, target=self.config.data.target,
         )
-        scored = score_images(
-            predictor, self.val_items, self.data.classes, target=self.config.data.target, rand_sweep=False
-        )
+        scored = score_images(predictor, self.val_items, self.data.classes, rand_sweep=False)
         self.model.train()
         summary = summary_of(scored, self.data.classes)
         keep = {k: v for k, v in summary.items() if isinstance(v, float) and not k.startswith("global_pixel")}
