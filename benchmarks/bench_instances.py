@@ -32,9 +32,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from bench_train_datasets import finished, split_dsb
 
-from unetkit.data.dataset import Sample, find_samples
 from unetkit.data.io import read_image, read_label_image
 from unetkit.data.normalize import NormalizeConfig, normalize_image
+from unetkit.data.samples import Sample, find_samples
 from unetkit.data.synthetic import write_synthetic_dataset
 from unetkit.instance_metrics import instance_scores
 from unetkit.instances import (

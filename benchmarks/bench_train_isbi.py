@@ -121,7 +121,7 @@ def evaluate_in_process(
     """Score a run whose network cannot be rebuilt from ``model.json`` (the MONAI one)."""
     from safetensors.torch import load_file
 
-    from unetkit.data.dataset import find_samples, load_sample
+    from unetkit.data.samples import find_samples, load_sample
     from unetkit.inference import Predictor
     from unetkit.training import Run
     from unetkit.training.evaluation import score_images, write_report

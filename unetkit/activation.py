@@ -6,6 +6,7 @@ softmax over the classes.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -37,3 +38,10 @@ def logits_to_labels(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tens
 def num_output_classes(num_channels: int) -> int:
     """Number of classes a head with ``num_channels`` outputs predicts (1 channel = 2 classes)."""
     return 2 if num_channels == 1 else num_channels
+
+
+def expand_binary(probs: np.ndarray) -> np.ndarray:
+    """``(1, *S)`` foreground probabilities -> ``(2, *S)`` (background, foreground); others unchanged."""
+    if probs.shape[0] != 1:
+        return probs
+    return np.concatenate([1.0 - probs, probs], axis=0)

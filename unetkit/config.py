@@ -19,8 +19,10 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import yaml
 
+from .data.blindspot import BLIND_SPOT_MODES
 from .data.instances import TARGETS
 from .data.normalize import NormalizeConfig
+from .data.restoration_patches import RESTORATION_MODES
 from .data.transforms import AugmentConfig
 from .losses import LOSSES, LossConfig
 from .models import ModelConfig
@@ -31,8 +33,11 @@ SCHEDULES = ("constant", "cosine", "poly")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 #: Metrics where lower is better; every other monitored metric is maximised.
-LOWER_IS_BETTER = ("loss", "val_loss", "pixel_error", "rand_error", "hd95")
+LOWER_IS_BETTER = ("loss", "val_loss", "pixel_error", "rand_error", "hd95", "mse", "mae")
 PRESETS = ("auto", "paper", "tutorial")
+#: What a run learns (:mod:`unetkit.tasks`): the seam between the shared trainer and the task.
+TASKS = ("segmentation", "restoration")
+RESTORATION_LOSSES = ("l1", "l2")
 
 
 @dataclass
@@ -64,6 +69,31 @@ class DataConfig:
     foreground_oversample: float = 0.33
     num_workers: int = 0
     object_diameter: Optional[float] = None
+
+
+@dataclass
+class RestorationConfig:
+    """What a restoration run (``task = "restoration"``) learns to undo.
+
+    ``mode``: ``"pairs"`` (``DATA/inputs/`` + ``DATA/targets/``, e.g. low/high-SNR acquisitions),
+    ``"denoise"`` (clean images, degraded on the fly by ``noise``: fresh noise every epoch),
+    ``"super_resolve"`` (clean images, bicubic-downscaled by ``scale``) or ``"noise2void"``
+    (noisy images only: blind-spot training, ``blind_spot_fraction`` of the pixels replaced by a
+    neighbour within ``blind_spot_radius``, ``blind_spot_mode`` ``"uniform"`` or ``"median"``).
+    ``noise``: a :func:`~unetkit.data.degrade.parse_noise` spec (``gaussian:25``, ``gaussian:0-55``,
+    ``poisson:30``, ``poisson-gaussian:30,10``) on the images' intensity scale. ``scale``: output
+    pixels per input pixel along each axis (super-resolution; 1 otherwise). ``data_range``: the
+    range PSNR and SSIM are computed with (``None``: 255 for 8-bit targets, 65535 for 16-bit, the
+    target's own range for float images).
+    """
+
+    mode: str = "denoise"
+    noise: str = "gaussian:25"
+    scale: int = 1
+    blind_spot_fraction: float = 0.002
+    blind_spot_radius: int = 2
+    blind_spot_mode: str = "uniform"
+    data_range: Optional[float] = None
 
 
 @dataclass
@@ -125,12 +155,16 @@ class TrainConfig:
     ``precision``: ``"auto"`` trains in bfloat16 mixed precision where the hardware computes it
     natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), float16 with loss scaling on older
     GPUs, float32 elsewhere; ``"fp32"`` always float32; ``"bf16"`` bfloat16 even when emulated;
+    ``task``: what the run learns (``"segmentation"`` or ``"restoration"``, see :mod:`unetkit.tasks`;
+    ``restoration`` holds the restoration task's settings);
     ``threads``: CPU threads for PyTorch (``None`` = all cores); ``num_samples``: validation
     images drawn as overlays in ``RUN/samples/``; ``tensorboard``: also log to TensorBoard when
     it is installed.
     """
 
+    task: str = "segmentation"
     data: DataConfig = field(default_factory=DataConfig)
+    restoration: RestorationConfig = field(default_factory=RestorationConfig)
     model: ModelConfig = field(
         default_factory=lambda: ModelConfig(
             depth=4, base_channels=16, padding="same", norm="batch", num_classes=1
@@ -159,11 +193,15 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Check the choices that are strings; raises ``ValueError`` naming the field and the options."""
+        losses = RESTORATION_LOSSES if self.task == "restoration" else LOSSES
         checks = [
+            ("task", self.task, TASKS),
             ("optim.name", self.optim.name, OPTIMIZERS),
             ("schedule.name", self.schedule.name, SCHEDULES),
-            ("loss.name", self.loss.name, LOSSES),
+            (f"loss.name (for the {self.task} task)", self.loss.name, losses),
             ("data.target", self.data.target, TARGETS),
+            ("restoration.mode", self.restoration.mode, RESTORATION_MODES),
+            ("restoration.blind_spot_mode", self.restoration.blind_spot_mode, BLIND_SPOT_MODES),
             ("device", self.device, DEVICES),
             ("precision", self.precision, PRECISIONS),
         ]
@@ -176,12 +214,24 @@ class TrainConfig:
             ("optim.accumulate", self.optim.accumulate),
             ("budget.epochs", self.budget.epochs),
             ("budget.val_every", self.budget.val_every),
+            ("restoration.scale", self.restoration.scale),
+            ("restoration.blind_spot_radius", self.restoration.blind_spot_radius),
         ]
         for name, value in positive:
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if not 0.0 <= self.data.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in [0, 1), got {self.data.val_fraction}")
+        if not 0.0 < self.restoration.blind_spot_fraction < 1.0:
+            raise ValueError(
+                "restoration.blind_spot_fraction must be in (0, 1), "
+                f"got {self.restoration.blind_spot_fraction}"
+            )
+        if self.restoration.mode in ("denoise", "noise2void") and self.restoration.scale != 1:
+            raise ValueError(
+                f"restoration.scale {self.restoration.scale} needs restoration.mode super_resolve "
+                "(or pairs whose targets are that much larger)"
+            )
         if self.loss.name == "weighted_ce" and not self.data.weight_map:
             raise ValueError(
                 "loss.name 'weighted_ce' needs the border weight map: add --data.weight-map true"

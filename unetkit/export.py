@@ -1,11 +1,13 @@
 """Export a trained network to ONNX or TorchScript, and run exported files as predictor backends.
 
 The exported graph is the network itself: input the normalised float tensor ``(N, C, *S)``
-(``S`` = ``(H, W)`` or ``(D, H, W)``), output the logits ``(N, K, *S_out)``, with dynamic batch
-and spatial axes. Everything around it (normalisation, channel order, valid sizes, activation,
-class names and colours) is the *contract*, a JSON document stored in the file (ONNX
-``metadata_props``, one key per section; TorchScript ``_extra_files["unetkit.json"]``) and in a
-JSON file beside it (``FILE.json``), so a pipeline without unetkit can reproduce the predictor.
+(``S`` = ``(H, W)`` or ``(D, H, W)``), output the logits ``(N, K, *S_out)`` of a segmentation
+network or the restored image ``(N, C, *S_out)`` of a restoration network (normalised as the
+input), with dynamic batch and spatial axes. Everything around it (task, normalisation and its
+inverse, channel order, valid sizes, activation, class names and colours, super-resolution
+upscaling) is the *contract*, a JSON document stored in the file (ONNX ``metadata_props``, one
+key per section; TorchScript ``_extra_files["unetkit.json"]``) and in a JSON file beside it
+(``FILE.json``), so a pipeline without unetkit can reproduce the predictor.
 
 ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``): in torch 2.13 the
 ``torch.export``-based exporter needs the extra ``onnxscript`` package, takes tens of seconds
@@ -41,6 +43,8 @@ CONTRACT_VERSION = 1
 ONNX_OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+RESTORED_NAME = "restored"  # the output of a restoration graph
+TASKS = ("segmentation", "restoration")
 TORCHSCRIPT_EXTRA_FILE = "unetkit.json"
 PathLike = Union[str, Path]
 
@@ -50,6 +54,11 @@ _NORMALIZE_FORMULAS = {
     "fixed": "(x - min_value) / (max_value - min_value)",
 }
 _CHANNEL_ORDERS = {1: "gray", 3: "RGB"}
+_NORMALIZE_PARAMS = {
+    "percentile": "offset = pct(x, low), scale = max(pct(x, high) - pct(x, low), 1e-6)",
+    "zscore": "offset = mean(x), scale = max(std(x), 1e-6)",
+    "fixed": "offset = min_value, scale = max_value - min_value",
+}
 
 
 def sidecar_path(path: PathLike) -> Path:
@@ -94,6 +103,8 @@ def build_contract(
     normalize: Any = None,
     object_diameter: Optional[float] = None,
     target: str = "semantic",
+    task: str = "segmentation",
+    scale: int = 1,
 ) -> dict[str, Any]:
     """The pre/post-processing contract of ``model`` as a JSON-able dict.
 
@@ -104,11 +115,29 @@ def build_contract(
         object_diameter: the object scale the network was trained at (``data.object_diameter``), or ``None``.
         target: ``data.target``: ``"semantic"``, or ``"three_class"`` (outputs background / interior /
             border; interior and border are the foreground class of ``classes``).
+        task: ``"segmentation"`` (the output is logits) or ``"restoration"`` (the output is an image
+            ``(N, C, *S_out)`` on the normalised scale, see :func:`restoration_output`).
+        scale: restoration: output pixels per input pixel along each axis (super-resolution, 2D only).
     """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    scale = int(scale)
+    if scale < 1 or (scale > 1 and task != "restoration"):
+        raise ValueError(f"scale must be 1, or >= 1 for a restoration network; got {scale}")
     config: ModelConfig = model.config
     spatial = "D, H, W" if config.dims == 3 else "H, W"
     norm = normalize.to_dict() if normalize is not None else None
     binary = config.num_classes == 1
+    if task == "restoration":
+        output = restoration_output(config, norm, scale)
+    else:
+        output = {
+            "name": OUTPUT_NAME,
+            "shape": f"(N, {config.num_classes}, {spatial})",
+            "kind": "logits",
+            "activation": "sigmoid" if binary else "softmax over axis 1",
+            "labels": "foreground where sigmoid(logit) > 0.5" if binary else "argmax over axis 1",
+        }
     return {
         "format_version": CONTRACT_VERSION,
         "producer": f"unetkit {__version__}",
@@ -123,13 +152,7 @@ def build_contract(
         },
         "normalize": None if norm is None else {**norm, "formula": _NORMALIZE_FORMULAS[norm["mode"]]},
         "valid_sizes": valid_size_rule(model),
-        "output": {
-            "name": OUTPUT_NAME,
-            "shape": f"(N, {config.num_classes}, {spatial})",
-            "kind": "logits",
-            "activation": "sigmoid" if binary else "softmax over axis 1",
-            "labels": "foreground where sigmoid(logit) > 0.5" if binary else "argmax over axis 1",
-        },
+        "output": output,
         "classes": classes.to_dict() if classes is not None else None,
         "target": target,
         "object_scale": None if object_diameter is None else {
@@ -137,14 +160,63 @@ def build_contract(
             "rule": "resize each image so that the median equivalent diameter of its objects (measured on a "
             "first prediction) is this many pixels, predict, resize the probabilities back",
         },
+        "task": task,
+        "scale": scale,
     }
 
 
-def _dynamic_axes(dims: int) -> dict[str, dict[int, str]]:
+def restoration_output(config: ModelConfig, norm: Optional[dict[str, Any]], scale: int) -> dict[str, Any]:
+    """The ``"output"`` section of a restoration network's contract: an image ``(N, C, *S_out)`` on the
+    normalised scale, mapped back by inverting the input's normalisation (``norm``, a
+    ``NormalizeConfig.to_dict()`` or ``None``); for ``scale > 1`` the network input is the bicubic
+    upscale of the image."""
+    spatial = "D, H, W" if config.dims == 3 else "H, W"
+    if norm is None:
+        denormalize = "none: the input was not normalised, the output is on the input's scale"
+    else:
+        denormalize = (
+            "per channel c: restored_c = y_c * scale_c + offset_c, where (offset_c, scale_c) are the input "
+            f"normalisation's parameters ({_NORMALIZE_PARAMS[norm['mode']]}) computed on channel c of the "
+            "image as given (before any upscaling); the network's input was (x_c - offset_c) / scale_c"
+        )
+    output: dict[str, Any] = {
+        "name": RESTORED_NAME,
+        "shape": f"(N, {config.num_classes}, {spatial})",
+        "kind": "image",
+        "activation": "none (identity)",
+        "residual": bool(config.residual),
+        "values": "on the normalised scale of the network's input; map them back with 'denormalize'",
+        "denormalize": denormalize,
+        "upscale": None,
+    }
+    if config.residual:
+        output["residual_rule"] = "the network adds its (centre-cropped) input to its head's output"
+    if scale > 1:
+        output["upscale"] = (
+            f"the network input is the bicubic upscale of the image by {scale} along H and W (size "
+            f"(H * {scale}, W * {scale})): Keys' cubic with a = -0.5 on float pixels, as Pillow's BICUBIC "
+            "resize of an 'F' image, not clipped; it is normalised with the parameters of the image before "
+            f"upscaling, and the restored image is (H * {scale}, W * {scale})"
+        )
+    if config.in_channels == 1 and config.dims == 2:
+        output["rgb_images"] = (
+            "an RGB image is restored through its luminance: Y of ITU-R BT.601 (as MATLAB's rgb2ycbcr, on "
+            "0-255) goes through the network, Cb and Cr are bicubic-upscaled (scale > 1) or kept, then "
+            "converted back to RGB"
+        )
+    return output
+
+
+def _output_name(contract: dict[str, Any]) -> str:
+    """The graph's output name: ``"logits"`` (segmentation; files without one) or ``"restored"``."""
+    return (contract.get("output") or {}).get("name") or OUTPUT_NAME
+
+
+def _dynamic_axes(dims: int, output_name: str = OUTPUT_NAME) -> dict[str, dict[int, str]]:
     names = ["depth", "height", "width"][-dims:]
     return {
         INPUT_NAME: {0: "batch", **{i + 2: n for i, n in enumerate(names)}},
-        OUTPUT_NAME: {0: "batch", **{i + 2: f"out_{n}" for i, n in enumerate(names)}},
+        output_name: {0: "batch", **{i + 2: f"out_{n}" for i, n in enumerate(names)}},
     }
 
 
@@ -167,8 +239,8 @@ def onnx_bytes(model: nn.Module, contract: dict[str, Any]) -> bytes:
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             model, (_example_input(model),), buffer, dynamo=False, opset_version=ONNX_OPSET,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes=_dynamic_axes(model.config.dims),
+            input_names=[INPUT_NAME], output_names=[_output_name(contract)],
+            dynamic_axes=_dynamic_axes(model.config.dims, _output_name(contract)),
         )
     proto = onnx.load_from_string(buffer.getvalue())
     proto.producer_name = "unetkit"
@@ -206,14 +278,16 @@ def export_model(
     normalize: Any = None,
     object_diameter: Optional[float] = None,
     target: str = "semantic",
+    task: str = "segmentation",
+    scale: int = 1,
 ) -> Path:
     """Write ``model`` as ``fmt`` (``"onnx"``/``"torchscript"``) to ``out``, the contract to ``out.json``.
 
-    Both files are written atomically; returns ``out``.
+    ``task`` and ``scale`` as in :func:`build_contract`. Both files are written atomically; returns ``out``.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
-    contract = build_contract(model, classes, normalize, object_diameter, target)
+    contract = build_contract(model, classes, normalize, object_diameter, target, task, scale)
     data = onnx_bytes(model, contract) if fmt == "onnx" else torchscript_bytes(model, contract)
     out = Path(out)
     atomic_write_bytes(out, data)
@@ -222,7 +296,8 @@ def export_model(
 
 
 def export_run(run_dir: PathLike, fmt: str, out: Optional[PathLike] = None) -> Path:
-    """Export the best model of a RUN folder, with its classes and normalisation in the contract.
+    """Export the best model of a RUN folder, with its task, classes, normalisation (and for
+    super-resolution the scale) in the contract.
 
     ``out`` defaults to ``RUN/model.onnx`` or ``RUN/model.torchscript.pt``.
     """
@@ -232,7 +307,8 @@ def export_run(run_dir: PathLike, fmt: str, out: Optional[PathLike] = None) -> P
     target = Path(out) if out is not None else Path(run_dir) / f"model{SUFFIXES.get(fmt, '')}"
     return export_model(
         predictor.model, target, fmt, classes=predictor.classes, normalize=predictor.normalize,
-        object_diameter=predictor.object_diameter, target=predictor.target,
+        object_diameter=predictor.object_diameter, target=predictor.target, task=predictor.task,
+        scale=predictor.scale,
     )
 
 
@@ -261,8 +337,9 @@ def read_contract(path: PathLike) -> dict[str, Any]:
 class ExportedModel(SizeRules):
     """An exported network behind the interface the :class:`~unetkit.inference.Predictor` uses.
 
-    ``model(x)`` maps a float32 tensor ``(N, C, *S)`` to logits ``(N, K, *S_out)`` on the tensor's
-    device; ``.config``, ``.context()`` and the other size rules come from the contract. The
+    ``model(x)`` maps a float32 tensor ``(N, C, *S)`` to logits ``(N, K, *S_out)`` (a restoration
+    network: the normalised image ``(N, C, *S_out)``) on the tensor's device; ``.config``,
+    ``.context()``, the other size rules, ``.task`` and ``.scale`` come from the contract. The
     network runs on the CPU (ONNX Runtime's CPU provider, TorchScript on CPU).
     """
 
@@ -302,11 +379,23 @@ class ExportedModel(SizeRules):
             raise ValueError(f"{self.path}: an exported {self.kind} model cannot be trained")
         return self
 
+    @property
+    def task(self) -> str:
+        """``"segmentation"`` or ``"restoration"`` from the contract (``"segmentation"`` for older files)."""
+        return self.contract.get("task") or "segmentation"
+
+    @property
+    def scale(self) -> int:
+        """Restoration: output pixels per input pixel (super-resolution) from the contract; 1 otherwise."""
+        return int(self.contract.get("scale") or 1)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C, *S)`` float32 -> logits ``(N, K, *S_out)`` on ``x.device``."""
+        """``(N, C, *S)`` float32 -> logits ``(N, K, *S_out)`` (restoration: the image ``(N, C, *S_out)``),
+        on ``x.device``."""
         if self.kind == "onnxruntime":
             batch = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-            logits = torch.from_numpy(self._runner.run([OUTPUT_NAME], {INPUT_NAME: batch})[0])
+            outputs = self._runner.run([_output_name(self.contract)], {INPUT_NAME: batch})
+            logits = torch.from_numpy(outputs[0])
         else:
             with torch.inference_mode():
                 logits = self._runner(x.detach().cpu().float())
@@ -367,7 +456,7 @@ def load_backend(kind: str, source: PathLike) -> Union[nn.Module, ExportedModel]
         predictor = Predictor.from_run(source, device="cpu")
         contract = build_contract(
             predictor.model, predictor.classes, predictor.normalize, predictor.object_diameter,
-            predictor.target,
+            predictor.target, predictor.task, predictor.scale,
         )
         if kind == "onnxruntime":
             runner = _onnx_session(onnx_bytes(predictor.model, contract))
@@ -391,8 +480,9 @@ def load_backend(kind: str, source: PathLike) -> Union[nn.Module, ExportedModel]
 def predictor_for(source: PathLike, backend: str = "torch", **kwargs: Any) -> Any:
     """A :class:`~unetkit.inference.Predictor` for a RUN folder or an exported file, run by ``backend``.
 
-    Normalisation, classes, object scale and target come from the RUN folder or the file's contract unless
-    given in ``kwargs`` (the other keyword arguments go to the Predictor too).
+    Normalisation, classes, object scale, target, task and (super-resolution) scale come from the RUN
+    folder or the file's contract unless given in ``kwargs`` (the other keyword arguments go to the
+    Predictor too).
     """
     from .inference import Predictor
 
@@ -407,4 +497,8 @@ def predictor_for(source: PathLike, backend: str = "torch", **kwargs: Any) -> An
         kwargs["object_diameter"] = model.object_diameter()
     if kwargs.get("target") is None:
         kwargs["target"] = model.target()
+    if kwargs.get("task") is None:
+        kwargs["task"] = model.task
+    if kwargs.get("scale") is None:
+        kwargs["scale"] = model.scale
     return Predictor(model, **kwargs)

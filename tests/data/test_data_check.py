@@ -11,7 +11,9 @@ from data_helpers import binary_masks, make_dataset, save_png, save_tif
 from PIL import Image
 
 from unetkit.cli import main
-from unetkit.data.dataset import check_dataset, detect_classes, find_samples, scan_dataset
+from unetkit.data.check import check_dataset
+from unetkit.data.detect import detect_classes
+from unetkit.data.samples import find_samples, scan_dataset
 
 RNG = np.random.default_rng(3)
 

@@ -10,9 +10,11 @@ import torch
 from PIL import Image
 
 from unetkit.checkpoint import save_model
+from unetkit.config import RestorationConfig, TrainConfig
 from unetkit.data.classes import ClassInfo
 from unetkit.data.normalize import NormalizeConfig
 from unetkit.data.synthetic import make_synthetic_cells
+from unetkit.losses import LossConfig
 from unetkit.models import PlainFCN, UNet
 from unetkit.utils.atomic import atomic_write_json
 
@@ -24,6 +26,22 @@ def make_run(root: Path, model: torch.nn.Module, classes: ClassInfo | None = Non
     classes = classes or ClassInfo.binary()
     atomic_write_json(root / "classes.json", classes.to_dict())
     atomic_write_json(root / "config.json", {"data": {"normalize": NormalizeConfig().to_dict()}})
+    return root
+
+
+def make_restoration_run(root: Path, scale: int = 1, channels: int = 1) -> Path:
+    """A restoration RUN folder (no ``classes.json``): a tiny residual U-Net, ``channels`` in and out,
+    ``config.json`` of a ``denoise`` run (``scale`` 1) or a ``super_resolve`` run at ``scale``."""
+    torch.manual_seed(0)
+    model = UNet(channels, channels, depth=2, base_channels=4, padding="same", residual=True).eval()
+    with torch.no_grad():  # a residual head starts at zero (the identity): give it a correction to make
+        model.head.weight.normal_(0.0, 0.2)
+    save_model(model, root)
+    mode = "super_resolve" if scale > 1 else "denoise"
+    config = TrainConfig(
+        task="restoration", restoration=RestorationConfig(mode=mode, scale=scale), loss=LossConfig(name="l1")
+    )
+    atomic_write_json(root / "config.json", config.validate().to_dict())
     return root
 
 

@@ -9,14 +9,16 @@ import onnxruntime
 import pytest
 import tifffile
 import torch
-from deploy_helpers import cells_png, make_run, threshold_model, tiny_unet
+from deploy_helpers import cells_png, make_restoration_run, make_run, threshold_model, tiny_unet
 from PIL import Image
 from skimage.draw import disk
 
 from unetkit.cli import main
 from unetkit.data.classes import ClassInfo
+from unetkit.data.degrade import upscale
 from unetkit.export import (
     ExportedModel,
+    build_contract,
     export_model,
     export_run,
     load_backend,
@@ -201,3 +203,53 @@ def test_object_scale_travels_from_the_run_to_predictors_and_exports(tmp_path):
         predictor.predict_file(src, tmp_path / "mask.tif", stream=True)
     result = predictor.predict_file(src, tmp_path / "mask.tif")
     assert result.labels.shape == (96, 96)
+
+
+@pytest.mark.parametrize("scale", [1, 2], ids=["denoise", "super-resolve-x2"])
+def test_restoration_export_matches_torch(tmp_path, scale):
+    """A restoration run through ONNX and TorchScript: the contract says image / identity / residual, and
+    the restored image (on the input's scale, ``scale`` times larger) is PyTorch's."""
+    run = make_restoration_run(tmp_path / "run", scale=scale)
+    image = np.random.default_rng(2).random((30, 37)).astype(np.float32)
+    expected = Predictor.from_run(run, device="cpu").restore(image)
+    assert expected.shape == (1, 30 * scale, 37 * scale)
+    plain = upscale(image[None], scale) if scale > 1 else image[None]
+    assert np.abs(expected - plain).max() > 1e-2  # the network changes the image: the parity means something
+    for backend, (fmt, name) in FILES.items():
+        out = export_run(run, fmt, tmp_path / name)
+        contract = read_contract(out)
+        assert (contract["task"], contract["scale"], contract["classes"]) == ("restoration", scale, None)
+        output = contract["output"]
+        assert (output["kind"], output["activation"]) == ("image", "none (identity)") and output["residual"]
+        assert "offset" in output["denormalize"] and (output["upscale"] is None) == (scale == 1)
+        if scale > 1:
+            assert "a = -0.5" in output["upscale"]
+        predictor = predictor_for(out, backend, device="cpu")
+        assert isinstance(predictor.model, ExportedModel)
+        assert (predictor.model.task, predictor.model.scale) == ("restoration", scale)
+        assert (predictor.task, predictor.scale) == ("restoration", scale)
+        np.testing.assert_allclose(predictor.restore(image), expected, atol=1e-4)
+    from_folder = predictor_for(run, "onnxruntime", device="cpu")  # exported in memory
+    np.testing.assert_allclose(from_folder.predict(image), expected, atol=1e-4)
+
+
+def test_contracts_state_the_task_and_older_files_are_segmentation(binary_run, tmp_path):
+    import onnx
+
+    out = export_run(binary_run, "onnx", tmp_path / "m.onnx")
+    contract = read_contract(out)
+    assert (contract["task"], contract["scale"]) == ("segmentation", 1)
+    assert (contract["output"]["name"], contract["output"]["kind"]) == ("logits", "logits")
+    proto = onnx.load(str(out))  # a file from before the task: no "task" and "scale" entries
+    kept = [p for p in proto.metadata_props if p.key not in ("task", "scale")]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    onnx.save(proto, str(out))
+    predictor = predictor_for(out, "onnxruntime", device="cpu")
+    assert (predictor.model.task, predictor.model.scale) == ("segmentation", 1)
+    assert predictor.task == "segmentation"
+    assert predictor.predict(np.zeros((16, 16), np.float32)).shape == (16, 16)
+    with pytest.raises(ValueError, match="task must be one of"):
+        build_contract(tiny_unet(), task="denoise")
+    with pytest.raises(ValueError, match="scale must be 1"):
+        build_contract(tiny_unet(), scale=2)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..data.check import check_dataset
 from ..data.classes import ENCODINGS
-from ..data.dataset import check_dataset
 from ..utils.atomic import atomic_write_json
 
 
@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "check-data",
         help="check a dataset folder (counts, sizes, classes, problems) without training",
         description="Scan DIR (images/, masks/, optional instances/) or a CSV of image,mask[,instances] "
-        "paths and report counts, sizes, dtypes, channels, classes and every problem. "
+        "paths and report counts, sizes, dtypes, channels, classes and every problem; a restoration "
+        "dataset (inputs/ + targets/) is checked for pairing, sizes and channels. "
         "Exit code 1 when there are problems.",
     )
     parser.add_argument("dataset", metavar="DIR", help="dataset folder or CSV file")
@@ -36,7 +37,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def check_pairs(root: str) -> int:
+    """``check-data`` on a restoration dataset (``inputs/`` + ``targets/``): pairing, sizes, channels."""
+    from ..data.io import DataError
+    from ..data.pairs import check_image_pairs, find_image_pairs
+
+    try:
+        pairs = find_image_pairs(root)
+        scale = check_image_pairs(pairs)
+    except DataError as exc:
+        print(f"restoration pairs in {root}: {exc}")
+        return 1
+    print(f"restoration pairs in {root}: {len(pairs)} input/target pairs, targets x{scale} the inputs; "
+          "no problems")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..data.pairs import has_pairs
+
+    if has_pairs(args.dataset):
+        return check_pairs(args.dataset)
     report = check_dataset(
         args.dataset,
         classes_file=args.classes,

@@ -2,6 +2,9 @@
 
 Writes ``per_image.csv``, ``summary.json``, ``report.md`` (metric table, worst images with their
 image | truth | prediction overlays) and ``masks/`` (the predictions, in the training masks' encoding).
+A restoration run is scored by PSNR and SSIM on ``inputs/`` + ``targets/`` pairs, or on clean images
+degraded as in training (``--noise`` to choose another noise); the report shows input | output |
+target crops and ``restored/`` holds the outputs.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 from ..data.io import DataError
 
 SHOWN = (
+    "psnr", "ssim", "psnr_input", "val_loss",
     "dice", "iou", "mean_iou", "precision", "recall", "pixel_error", "rand_error", "hd95",
     "ap_50", "dsb_score", "f1_50", "aji", "panoptic_quality",
 )
@@ -26,10 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("run", help="run folder written by `unetkit train`")
-    parser.add_argument("data", help="dataset folder with images/ and masks/")
+    parser.add_argument("data", help="dataset folder with images/ and masks/ (restoration: inputs/ + "
+                        "targets/, or clean images)")
     parser.add_argument("--out", help="report folder (default: RUN/eval-<data folder name>)")
     parser.add_argument("--tta", action="store_true", help="average over flips and 90-degree rotations")
-    parser.add_argument("--no-masks", action="store_true", help="do not write the predicted masks")
+    parser.add_argument("--no-masks", action="store_true",
+                        help="do not write the predicted masks (restoration: the restored images)")
+    parser.add_argument("--noise", help="denoising runs on clean images: the noise to add instead of the "
+                        "run's own, e.g. gaussian:15 (seeded per image)")
     parser.add_argument("--worst", type=int, default=4, help="worst images shown with overlays (default 4)")
     parser.add_argument("--metric", help="metric that ranks the worst images (default: the run's monitor)")
     parser.add_argument("--instances", action="store_true",
@@ -55,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
             metric=args.metric,
             progress=True,
             instance_config=InstanceConfig(method=args.instance_method) if args.instances else None,
+            noise=args.noise,
         )
     except (DataError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -14,9 +14,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="export a trained model to ONNX or TorchScript",
         description=(
             "Export the network of a RUN folder (input: the normalised float tensor (N, C, *S), output: "
-            "logits) with dynamic batch and spatial axes. The pre/post-processing contract (normalisation, "
-            "channel order, valid sizes, activation, classes) goes into the file's metadata and into "
-            "FILE.json beside it."
+            "logits, or for a restoration run the restored image on the normalised scale) with dynamic "
+            "batch and spatial axes. The pre/post-processing contract (task, normalisation and its inverse, "
+            "channel order, valid sizes, activation, classes, super-resolution scale) goes into the file's "
+            "metadata and into FILE.json beside it."
         ),
     )
     parser.add_argument("run", help="RUN folder written by `unetkit train` (model.json + model.safetensors)")

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..data.io import DataError
+from .train import CLI_TASKS, restoration_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,6 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--val", help="validation dataset folder")
     parser.add_argument("--max-minutes", type=float, help="time budget the plan must fit")
     parser.add_argument("--save", help="also write the planned config here (.json or .yaml)")
+    parser.add_argument("--task", choices=CLI_TASKS, default="segment", help="as for `unetkit train`")
+    parser.add_argument("--noise", help="denoise: the noise, as for `unetkit train`")
+    parser.add_argument("--scale", type=int, help="super-resolve: the scale, as for `unetkit train`")
+    parser.add_argument("--self-supervised", action="store_true", help="denoise: Noise2Void")
     parser.add_argument(
         "--no-timing", action="store_true", help="skip timing a training step (epochs unplanned)"
     )
@@ -25,11 +30,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..config import save_config
     from ..training.planner import plan_training
+    from ..training.restoration_plan import plan_restoration
 
     try:
-        plan = plan_training(
-            args.data, val_dir=args.val, max_minutes=args.max_minutes, measure=not args.no_timing
-        )
+        restoration = restoration_options(args)
+        if restoration is not None:
+            plan = plan_restoration(
+                args.data, restoration, val_dir=args.val, max_minutes=args.max_minutes,
+                measure=not args.no_timing,
+            )
+        else:
+            plan = plan_training(
+                args.data, val_dir=args.val, max_minutes=args.max_minutes, measure=not args.no_timing
+            )
     except (DataError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""``unetkit predict RUN INPUT... --out DIR``: segment image files with a trained run."""
+"""``unetkit predict RUN INPUT... --out DIR``: segment (or restore) image files with a trained run."""
 
 from __future__ import annotations
 
@@ -27,10 +27,12 @@ from ..utils.atomic import atomic_path
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="segment images with a trained run",
+        help="segment (or restore) images with a trained run",
         description=(
             "Segment image files with the model of a RUN folder. Writes DIR/<stem>.png (TIFF for 3D, "
-            "256+ classes, or big TIFFs streamed tile by tile) in the encoding of the training masks."
+            "256+ classes, or big TIFFs streamed tile by tile) in the encoding of the training masks. "
+            "A restoration run writes the restored image, in the input's dtype and range (--float: "
+            "float32 TIFF), scale times larger for super-resolution."
         ),
     )
     parser.add_argument("run", help="RUN folder written by `unetkit train` (model.json, model.safetensors)")
@@ -63,6 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--min-distance", type=int, default=InstanceConfig.min_distance,
                         help="watershed: smallest distance between two object centres in pixels "
                              f"(default {InstanceConfig.min_distance})")
+    parser.add_argument("--float", action="store_true",
+                        help="restoration: write float32 TIFFs instead of the input's dtype")
     parser.add_argument("--backend", choices=("torch", "onnxruntime", "torchscript"), default="torch",
                         help="runtime: torch, or the network exported to ONNX Runtime / TorchScript (CPU)")
     parser.set_defaults(func=run)
@@ -144,9 +148,14 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    classes = predictor.classes or default_classes(predictor.num_classes)
     out_dir = Path(args.out)
     files, failures = collect_inputs(args.inputs)
+    if predictor.task == "restoration":
+        return restore_files(args, predictor, files, failures)
+    if args.float:
+        print("error: --float is for restoration runs; this run segments", file=sys.stderr)
+        return 2
+    classes = predictor.classes or default_classes(predictor.num_classes)
     inputs = {f.resolve() for f in files}
     counts = np.zeros(predictor.num_classes, dtype=np.int64)
     done = skipped = 0
@@ -229,3 +238,54 @@ def summary(done: int, skipped: int, failures: list[str], counts: np.ndarray, na
     for failure in failures:
         lines.append(f"failed: {failure}")
     return "\n".join(lines)
+
+
+def restore_files(args: argparse.Namespace, predictor, files: list[Path], failures: list[str]) -> int:
+    """The restoration branch of :func:`run`: one restored image per input, each file on its own."""
+    from tqdm.auto import tqdm
+
+    from ..inference.restore import restore_file
+
+    misplaced = [flag for flag, given in (
+        ("--instances", args.instances), ("--save-probabilities", args.save_probabilities),
+        ("--overlay", args.overlay), ("--channels", args.channels is not None),
+    ) if given]
+    if misplaced:
+        print(f"error: {', '.join(misplaced)} do(es) not apply to a restoration run", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out)
+    inputs = {f.resolve() for f in files}
+    done = skipped = 0
+    stems: set[str] = set()
+    for src in tqdm(files, unit="file", desc="files", disable=len(files) < 2):
+        stem = stem_of(src)
+        if stem in stems:
+            failures.append(f"{src}: another input has the same name {stem!r}; restore it into another --out")
+            tqdm.write(f"FAILED {failures[-1]}", file=sys.stderr)
+            continue
+        stems.add(stem)
+        # The output is <stem>.png or <stem>.tif depending on the image read; either one counts.
+        existing = [p for p in (out_dir / f"{stem}.png", out_dir / f"{stem}.tif") if p.exists()]
+        if any(p.resolve() in inputs for p in existing):
+            failures.append(f"{src}: output {existing[0]} is an input file; choose another --out")
+            tqdm.write(f"FAILED {failures[-1]}", file=sys.stderr)
+            continue
+        if existing and not args.overwrite:
+            tqdm.write(f"skipped {src}: {existing[0]} exists (--overwrite replaces it)", file=sys.stderr)
+            skipped += 1
+            continue
+        try:
+            path, note = restore_file(predictor, src, out_dir, float_output=args.float)
+        except (DataError, ValueError, OSError) as exc:
+            message = str(exc) if str(src) in str(exc) else f"{src}: {exc}"
+            failures.append(message)
+            tqdm.write(f"FAILED {message}", file=sys.stderr)
+            continue
+        if note:
+            tqdm.write(f"note: {src}: {note}", file=sys.stderr)
+        done += 1
+    print(f"restored {done} file(s) into {out_dir}, skipped {skipped} (already there), "
+          f"failed {len(failures)}")
+    for failure in failures:
+        print(f"failed: {failure}")
+    return 1 if failures or not (done or skipped) else 0

@@ -1,4 +1,4 @@
-"""``unetkit serve RUN``: the segmentation web service and its page, on 127.0.0.1 by default."""
+"""``unetkit serve RUN``: the segmentation or restoration web service and its page (default: 127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="serve a trained model over HTTP, with a web page",
         description=(
             "Serve the model of a RUN folder (or an exported .onnx / .torchscript.pt file with --backend): "
-            "GET /health, GET /model, POST /predict (multipart field 'file'), and a web page at /."
+            "GET /health, GET /model, POST /predict (segmentation) or POST /restore (restoration: denoising, "
+            "super-resolution), the image in the multipart field 'file', and a web page at /."
         ),
     )
     parser.add_argument("run", help="RUN folder written by `unetkit train`, or a file from `unetkit export`")

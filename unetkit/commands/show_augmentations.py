@@ -13,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.dataset import PatchDataset, detect_classes, find_samples
+from ..data.detect import detect_classes
 from ..data.io import DataError
 from ..data.normalize import NormalizeConfig
+from ..data.patches import PatchDataset
+from ..data.samples import find_samples
 from ..data.transforms import AugmentConfig
 from ..utils.atomic import atomic_path
 from .check_data import add_data_options

@@ -8,11 +8,14 @@ Config resolution, later wins: the preset (``auto`` = the plan of ``unetkit plan
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
+from typing import Optional
 
 from ..config import (
     PRESETS,
+    RestorationConfig,
     TrainConfig,
     apply_overrides,
     dump_config,
@@ -22,6 +25,10 @@ from ..config import (
     read_config_file,
 )
 from ..data.io import DataError
+from ..losses import LossConfig
+
+#: ``--task`` words: segmentation, or a restoration mode.
+CLI_TASKS = ("segment", "restore", "denoise", "super-resolve")
 
 #: Fields a resumed run may change (the rest would break the schedule it continues).
 RESUMABLE_FIELDS = (
@@ -45,7 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="Any config field can be set too, e.g. --model.base-channels 32 --optim.lr 1e-4 "
         "(see --print-config for them all).",
     )
-    parser.add_argument("data", nargs="?", help="training dataset folder (images/ + masks/)")
+    parser.add_argument(
+        "data", nargs="?",
+        help="training dataset folder (images/ + masks/; restoration: inputs/ + targets/, or images)",
+    )
     parser.add_argument("--out", help="run folder to write (default: runs/<data folder name>)")
     val = parser.add_mutually_exclusive_group()
     val.add_argument("--val", help="validation dataset folder")
@@ -59,6 +69,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="what the network learns: the masks' classes (semantic, default) or background / interior / "
         "border from the objects (three-class, for instance segmentation; same as --data.target three_class)",
     )
+    parser.add_argument(
+        "--task", choices=CLI_TASKS, default="segment",
+        help="what the network learns: segment (masks, default); restore (DATA/inputs -> DATA/targets "
+        "pairs); denoise (clean images + --noise, or noisy images with --self-supervised); super-resolve "
+        "(clean images, bicubic-downscaled by --scale)",
+    )
+    parser.add_argument("--noise", help="denoise: the noise added to clean images, e.g. gaussian:25, "
+                        "gaussian:0-55 (blind), poisson:30, poisson-gaussian:30,10 (default gaussian:25)")
+    parser.add_argument("--scale", type=int, help="super-resolve: 2, 3 or 4 (default 2)")
+    parser.add_argument("--self-supervised", action="store_true",
+                        help="denoise: Noise2Void, from noisy images alone (no clean targets)")
     parser.add_argument("--config", help="config file (JSON or YAML, may be partial)")
     parser.add_argument(
         "--preset",
@@ -79,20 +100,66 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run, accepts_overrides=True)
 
 
+def restoration_options(args: argparse.Namespace) -> Optional[RestorationConfig]:
+    """The restoration settings ``--task``, ``--noise``, ``--scale`` and ``--self-supervised`` ask for
+    (``None`` for segmentation); raises ``ValueError`` for options that do not fit the task."""
+    task = getattr(args, "task", "segment")
+    misplaced = [
+        name for name, given, allowed in (
+            ("--noise", args.noise is not None, task == "denoise" and not args.self_supervised),
+            ("--scale", args.scale is not None, task in ("super-resolve", "restore")),
+            ("--self-supervised", args.self_supervised, task == "denoise"),
+        ) if given and not allowed
+    ]
+    if misplaced:
+        raise ValueError(
+            f"{', '.join(misplaced)} does not apply to --task {task}"
+            + (" --self-supervised (Noise2Void learns the noise from the images)"
+               if args.self_supervised else "")
+        )
+    if task == "segment":
+        return None
+    if task == "denoise":
+        mode = "noise2void" if args.self_supervised else "denoise"
+        return RestorationConfig(mode=mode, noise=args.noise or RestorationConfig.noise)
+    if task == "super-resolve":
+        scale = 2 if args.scale is None else args.scale
+        if scale < 2:
+            raise ValueError(f"--scale must be 2 or more for super-resolution, got {scale}")
+        return RestorationConfig(mode="super_resolve", scale=scale)
+    return RestorationConfig(mode="pairs", scale=args.scale or 1)
+
+
 def resolve_config(args: argparse.Namespace, overrides: dict[str, str]) -> TrainConfig:
     """The config the options describe (the plan is computed for ``--preset auto``)."""
     # --target or --data.target: the plan depends on it
     target = (args.target or overrides.get("data.target", "semantic")).replace("-", "_")
+    restoration = restoration_options(args)
+    if restoration is not None and args.target:
+        raise ValueError("--target is a segmentation option; it does not apply to restoration")
     if args.preset == "auto":
         if not args.data:
             raise ValueError("give the training dataset folder: unetkit train DATA --out RUN")
-        from ..training.planner import plan_training
+        if restoration is not None:
+            from ..training.restoration_plan import plan_restoration
 
-        config = plan_training(
-            args.data, val_dir=args.val, max_minutes=args.max_minutes, target=target
-        ).config
+            config = plan_restoration(
+                args.data, restoration, val_dir=args.val, max_minutes=args.max_minutes
+            ).config
+        else:
+            from ..training.planner import plan_training
+
+            config = plan_training(
+                args.data, val_dir=args.val, max_minutes=args.max_minutes, target=target
+            ).config
     else:
         config = preset_config(args.preset)
+        if restoration is not None:
+            config = dataclasses.replace(
+                config, task="restoration", restoration=restoration,
+                model=dataclasses.replace(config.model, padding="same", residual=True),
+                loss=LossConfig(name="l2" if restoration.mode in ("denoise", "noise2void") else "l1"),
+            )
     if args.config:
         try:
             config = merge_dict(config, read_config_file(args.config))

@@ -1,19 +1,12 @@
 """Reading, checking, augmenting and sampling the user's images and masks."""
 
+from .check import CheckReport, check_dataset
 from .classes import ClassInfo
-from .dataset import (
-    CheckReport,
-    PatchDataset,
-    Sample,
-    check_dataset,
-    default_num_workers,
-    detect_classes,
-    find_samples,
-    load_sample,
-    split_samples,
-)
+from .detect import detect_classes
 from .io import IMAGE_SUFFIXES, DataError, is_volume_path, read_image, read_label_image
 from .normalize import NormalizeConfig, normalize_image
+from .patches import PatchDataset
+from .samples import Sample, default_num_workers, find_samples, load_sample, split_samples
 from .synthetic import make_synthetic_cells, write_synthetic_dataset
 from .transforms import AugmentConfig, Augmenter
 from .weights import BorderWeightConfig, border_weight_map

@@ -423,7 +423,7 @@ def read_classes_file(path: PathLike) -> ClassesFile:
         if isinstance(exc, DataError):
             raise
         raise DataError(
-            f"{path}: cannot parse the classes file ({exc}); see the README for its format"
+            f"{path}: cannot parse the classes file ({exc}); see docs/data.md (Mask encodings) for its format"
         ) from exc
 
 

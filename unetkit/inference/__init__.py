@@ -5,7 +5,8 @@
 * :mod:`.tiling`: tile plans, mirrored reads, blending windows.
 """
 
-from .predictor import Predictor, expand_binary
+from ..activation import expand_binary
+from .predictor import Predictor
 from .tiling import TilePlan, plan_tiles
 
 __all__ = ["Predictor", "TilePlan", "expand_binary", "plan_tiles"]

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 
+from ..activation import expand_binary
 from ..data.classes import ClassInfo
 from ..data.io import DataError, read_image, stem_of, suffix_of
 from ..data.normalize import NormalizeConfig, apply_normalization, normalization_params, normalize_image
 from ..utils.atomic import atomic_path
-from .predictor import expand_binary
 from .streaming import OUTPUT_TILE, TiffSource, is_streamable_tiff, rebuffer_bands, write_tiled_tiff
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..activation import logits_to_probabilities, num_output_classes, probabilities_to_labels
+from ..activation import expand_binary, logits_to_probabilities, num_output_classes, probabilities_to_labels
 from ..checkpoint import load_model
 from ..data.instances import TARGETS, to_data_labels
 from .memory import auto_tile_and_batch
@@ -20,6 +20,7 @@ from .tta import symmetries
 CLASSES_FILE = "classes.json"
 CONFIG_FILE = "config.json"
 DEFAULT_OVERLAP = 0.25
+PREDICTOR_TASKS = ("segmentation", "restoration")
 CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
 
 TileSize = Union[int, Sequence[int], None]
@@ -30,7 +31,7 @@ def default_device() -> torch.device:
 
 
 class Predictor:
-    """Segment images of any size with a trained network.
+    """Apply a trained network to images of any size: segment them, or restore them.
 
     Args:
         model_or_run: a network from :mod:`unetkit.models` or a RUN folder (see :meth:`from_run`).
@@ -56,6 +57,10 @@ class Predictor:
         target: what the network was trained to output (``data.target``): ``"semantic"`` (the
             classes of ``classes``) or ``"three_class"`` (background / interior / border, whose
             :meth:`labels` are the dataset's background / foreground).
+        task: ``"segmentation"`` (default: outputs are logits, :meth:`predict` gives labels) or
+            ``"restoration"`` (outputs are images, :meth:`predict` gives the restored image in the
+            input's intensity scale, see :mod:`.restore`).
+        scale: restoration: output pixels per input pixel along each axis (super-resolution).
 
     Arrays go in channel-first: ``(H, W)`` or ``(C, H, W)`` for a 2D network, ``(D, H, W)``
     or ``(C, D, H, W)`` for a 3D one. The network runs in eval mode and is put back in the
@@ -78,6 +83,8 @@ class Predictor:
         progress: bool = False,
         object_diameter: Optional[float] = None,
         target: Optional[str] = None,
+        task: Optional[str] = None,
+        scale: Optional[int] = None,
     ) -> None:
         if isinstance(model_or_run, (str, Path)):
             run = Predictor.from_run(model_or_run)
@@ -86,6 +93,8 @@ class Predictor:
             classes = run.classes if classes is None else classes
             object_diameter = run.object_diameter if object_diameter is None else object_diameter
             target = run.target if target is None else target
+            task = run.task if task is None else task
+            scale = run.scale if scale is None else scale
         if object_diameter is not None and object_diameter <= 0:
             raise ValueError(f"object_diameter must be a positive number of pixels, got {object_diameter}")
         if blend not in BLEND_MODES:
@@ -110,6 +119,13 @@ class Predictor:
         self.target = target or "semantic"
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        self.task = task or "segmentation"
+        if self.task not in PREDICTOR_TASKS:
+            raise ValueError(f"task must be one of {PREDICTOR_TASKS}, got {task!r}")
+        self.scale = int(scale or 1)
+        if self.scale < 1 or (self.scale > 1 and self.task != "restoration"):
+            raise ValueError(f"scale must be 1, or >= 1 for a restoration network; got {scale}")
+        self._activate = logits_to_probabilities if self.task == "segmentation" else _identity
 
     @classmethod
     def from_run(cls, run_dir: Union[str, Path], **kwargs: Any) -> Predictor:
@@ -143,6 +159,11 @@ class Predictor:
             kwargs["object_diameter"] = data.get("object_diameter")
         if kwargs.get("target") is None:
             kwargs["target"] = data.get("target")
+        config = _read_json(config_path) if config_path.is_file() else {}
+        if kwargs.get("task") is None:
+            kwargs["task"] = config.get("task")
+        if kwargs.get("scale") is None and kwargs["task"] == "restoration":
+            kwargs["scale"] = config.get("restoration", {}).get("scale")
         return cls(model, **kwargs)
 
     # ----------------------------------------------------------------- shapes
@@ -196,15 +217,27 @@ class Predictor:
         return self._predict_normalized(image)
 
     def _predict_normalized(self, image: np.ndarray) -> np.ndarray:
-        """``(K, *S)`` probabilities of a normalised float32 ``(C, *S)`` image at its own scale."""
+        """``(K, *S)`` probabilities of a normalised float32 ``(C, *S)`` image at its own scale
+        (a restoration network: its ``(C, *S)`` output image, normalised as the input)."""
         probs = np.empty((self.model.config.num_classes, *image.shape[1:]), dtype=np.float32)
         for start, stop, block in self.iter_proba(ArraySource(image)):
             probs[:, start:stop] = block
-        return expand_binary(probs)
+        return expand_binary(probs) if self.task == "segmentation" else probs
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        """Class ids of the training data's classes, int64 ``(*S)`` (see :meth:`labels`)."""
+        """Segmentation: class ids of the training data's classes, int64 ``(*S)`` (see :meth:`labels`).
+        Restoration: the restored image, float32 ``(C, *S * scale)`` (see :meth:`restore`)."""
+        if self.task == "restoration":
+            return self.restore(image)
         return self.labels(self.predict_proba(image))
+
+    def restore(self, image: np.ndarray) -> np.ndarray:
+        """A restoration network's output for ``(*S)`` or ``(C, *S)``: float32 ``(C, *S * scale)`` on the
+        input's intensity scale (:func:`~unetkit.inference.restore.restore_array`; an RGB image given
+        to a grey-level network is restored through its luminance)."""
+        from .restore import restore_array
+
+        return restore_array(self, image)
 
     def labels(self, probs: np.ndarray) -> np.ndarray:
         """``(K, *S)`` probabilities -> int64 class ids ``(*S)`` of the training data's classes:
@@ -295,13 +328,17 @@ class Predictor:
                 # follow the input's layout, so the caller's model is left as it is).
                 x = x.contiguous(memory_format=CHANNELS_LAST[self.dims])
             if not self.tta:
-                return logits_to_probabilities(self.model(x))
+                return self._activate(self.model(x))
             total = None
             transforms = symmetries(self.dims)
             for sym in transforms:
-                probs = sym.invert(logits_to_probabilities(self.model(sym.apply(x))))
+                probs = sym.invert(self._activate(self.model(sym.apply(x))))
                 total = probs if total is None else total.add_(probs)
             return total.div_(len(transforms))
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -309,13 +346,6 @@ def model_device(model: nn.Module) -> torch.device:
     parameters = getattr(model, "parameters", None)
     first = next(parameters(), None) if callable(parameters) else None
     return first.device if first is not None else torch.device("cpu")
-
-
-def expand_binary(probs: np.ndarray) -> np.ndarray:
-    """``(1, *S)`` foreground probabilities -> ``(2, *S)`` (background, foreground); others unchanged."""
-    if probs.shape[0] != 1:
-        return probs
-    return np.concatenate([1.0 - probs, probs], axis=0)
 
 
 def channel_mismatch_message(got: int, expected: int) -> str:

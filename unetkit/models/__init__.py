@@ -18,7 +18,9 @@ def build_model(config: ModelConfig) -> nn.Module:
     )
     if config.architecture == "unet":
         return UNet(config.in_channels, config.num_classes, depth=config.depth,
-                    up_mode=config.up_mode, **common)
+                    up_mode=config.up_mode, residual=config.residual, **common)
+    if config.residual:
+        raise ValueError(f"model.residual is a U-Net option; {config.architecture!r} has no residual form")
     if config.architecture == "encoder_decoder":
         return EncoderDecoder(config.in_channels, config.num_classes, depth=config.depth,
                               up_mode=config.up_mode, **common)

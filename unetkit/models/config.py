@@ -15,7 +15,9 @@ class ModelConfig:
 
     ``architecture`` is ``"unet"``, ``"encoder_decoder"`` (no skip connections) or
     ``"plain_fcn"`` (no pooling; ``num_layers`` convs at full resolution).
-    ``dropout`` is one rate or one rate per level, top to bottom.
+    ``dropout`` is one rate or one rate per level, top to bottom. ``residual``: the network
+    outputs its input plus the head's output (image-to-image learning of the correction, as DnCNN
+    and VDSR; needs as many outputs as inputs).
     """
 
     architecture: str = "unet"
@@ -29,6 +31,7 @@ class ModelConfig:
     norm: Optional[str] = None
     dropout: Union[float, tuple[float, ...]] = 0.0
     num_layers: int = 10
+    residual: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

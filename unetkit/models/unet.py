@@ -7,7 +7,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .blocks import NORMS, PADDINGS, UP_MODES, ConvBlock, Down, Up, check_option, conv_nd
+from .blocks import NORMS, PADDINGS, UP_MODES, ConvBlock, Down, Up, center_crop, check_option, conv_nd
 from .config import ModelConfig
 from .sizes import SizeRules
 
@@ -48,6 +48,9 @@ class UNet(nn.Module, SizeRules):
         dropout: one rate, or one per level (top to bottom); used in encoder and decoder
             blocks of that level, between the two convs.
         skip_connections: ``False`` gives the encoder-decoder baseline without skips.
+        residual: add the input (centre-cropped for valid padding) to the head's output, so the
+            network learns a correction of its input (restoration); needs ``num_classes ==
+            in_channels``.
 
     ``forward`` returns logits ``(N, num_classes, *out_spatial)``; the activation lives in
     :func:`unetkit.activation.logits_to_probabilities`.
@@ -68,6 +71,7 @@ class UNet(nn.Module, SizeRules):
         norm: Optional[str] = None,
         dropout: Dropout = 0.0,
         skip_connections: bool = True,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         check_option("padding", padding, PADDINGS)
@@ -75,11 +79,16 @@ class UNet(nn.Module, SizeRules):
         check_option("norm", norm, NORMS)
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
+        if residual and num_classes != in_channels:
+            raise ValueError(
+                f"a residual network outputs as many channels as it takes ({in_channels}), got {num_classes}"
+            )
         self.dims = dims
         self.depth = depth
         self.padding = padding
         self.up_mode = up_mode
         self.skip_connections = skip_connections
+        self.residual = residual
         rates = per_level_dropout(dropout, depth)
         self._config = ModelConfig(
             architecture="unet" if skip_connections else "encoder_decoder",
@@ -92,6 +101,7 @@ class UNet(nn.Module, SizeRules):
             up_mode=up_mode,
             norm=norm,
             dropout=rates if len(set(rates)) > 1 else rates[0],
+            residual=residual,
         )
         channels = [base_channels * 2**level for level in range(depth + 1)]
         common = dict(dims=dims, padding=padding, norm=norm)
@@ -119,6 +129,8 @@ class UNet(nn.Module, SizeRules):
         )
         self.head = conv_nd(dims)(channels[0], num_classes, 1)
         init_he_normal(self)
+        if residual:  # start as the identity: the correction is learnt from zero
+            nn.init.zeros_(self.head.weight)
 
     @classmethod
     def paper(cls) -> UNet:
@@ -198,6 +210,7 @@ class UNet(nn.Module, SizeRules):
         """``(N, in_channels, *S)`` -> logits ``(N, num_classes, *output_size(S))``."""
         if not torch.jit.is_scripting() and not torch.jit.is_tracing():
             self._check_input(x)
+        image = x
         x = self.inc(x)
         skips = [x]
         indices: list[torch.Tensor] = []
@@ -207,4 +220,7 @@ class UNet(nn.Module, SizeRules):
             indices.append(idx)
         for level, up in enumerate(self.ups):
             x = up(x, skips[-level - 2], indices[-level - 1])
-        return self.head(x)
+        out = self.head(x)
+        if self.residual:
+            out = out + center_crop(image, list(out.shape[2:]))
+        return out

@@ -1,6 +1,6 @@
-"""``unetkit serve``: a FastAPI app that segments uploaded images, with a web page at ``/``.
+"""``unetkit serve``: a FastAPI app that segments or restores uploaded images, with a web page at ``/``.
 
-* :mod:`.app`: the endpoints (``/health``, ``/model``, ``/predict``, the page);
+* :mod:`.app`: the endpoints (``/health``, ``/model``, ``/predict``, ``/restore``, the page);
 * :mod:`.uploads`: decoding uploaded bytes with byte, pixel and side limits;
 * :mod:`.jobs`: the bounded queue that runs predictions off the event loop.
 """

@@ -1,6 +1,8 @@
-"""The FastAPI app: ``GET /health``, ``GET /model``, ``POST /predict`` and the web page at ``/``.
+"""The FastAPI app: ``GET /health``, ``GET /model``, ``POST /predict``, ``POST /restore``, the page at ``/``.
 
-The model is loaded once, when the app is built. Each upload is read under a byte limit,
+``/predict`` segments (a segmentation model), ``/restore`` restores (a restoration model: denoising,
+super-resolution); each answers 400 naming the other on a model of the other task. The model is
+loaded once, when the app is built. Each upload is read under a byte limit,
 decoded and predicted on a worker thread of a :class:`~.jobs.BoundedQueue` (503 with
 ``Retry-After`` when it is full), so the event loop never blocks and a burst cannot exhaust
 memory. Every error is a 4xx/5xx JSON ``{"detail": "..."}``; nothing from a request is used
@@ -34,6 +36,7 @@ from ..data.classes import ClassInfo, default_colors
 from ..data.instances import to_data_labels
 from ..export import valid_size_rule
 from ..inference.files import default_classes
+from ..inference.restore import LUMINANCE_NOTE, restore_array, to_dtype, uses_luminance
 from .jobs import BoundedQueue, QueueFull
 from .objects import measure_objects, object_labels
 from .uploads import Limits, UploadError, decode_upload, match_channels
@@ -41,6 +44,16 @@ from .uploads import Limits, UploadError, decode_upload, match_channels
 STATIC = Path(__file__).parent / "static"
 # Room for the multipart boundaries and part headers around the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
+NOTE_HEADER = "X-Unetkit-Note"
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"],
+            "properties": {"file": {"type": "string", "format": "binary"}},
+        }}},
+    }
+}
 
 
 @dataclass
@@ -168,31 +181,114 @@ class Segmenter:
         return result
 
 
-def create_app(predictor: Any, options: Optional[ServeOptions] = None) -> FastAPI:
-    """The app serving ``predictor`` (a :class:`~unetkit.inference.Predictor`, model loaded already)."""
-    options = options or ServeOptions()
-    limits = options.limits
-    segmenter = Segmenter(predictor, limits)
-    queue = BoundedQueue(options.queue_size, options.workers)
+def encode_restored(image: np.ndarray) -> tuple[bytes, str]:
+    """A restored image ``(C, H, W)`` in the upload's dtype as file bytes and media type: PNG for 8-bit
+    (1-4 channels) and 16-bit grey, TIFF (that dtype, zlib) for what PNG does not hold (float, 32-bit,
+    16-bit colour)."""
+    from PIL import Image
+
+    channels = image.shape[0]
+    png = (image.dtype == np.uint8 and channels <= 4) or (image.dtype == np.uint16 and channels == 1)
+    buffer = io.BytesIO()
+    if png:
+        Image.fromarray(image[0] if channels == 1 else np.ascontiguousarray(np.moveaxis(image, 0, -1))).save(
+            buffer, format="PNG"
+        )
+        return buffer.getvalue(), "image/png"
+    import tifffile
+
+    data = image[0] if channels == 1 else image
+    tifffile.imwrite(buffer, data, metadata={"axes": "YX" if channels == 1 else "CYX"}, compression="zlib")
+    return buffer.getvalue(), "image/tiff"
+
+
+class Restorer:
+    """The restoration work of one request, run on a queue worker: decode, restore, encode."""
+
+    def __init__(self, predictor: Any, limits: Limits) -> None:
+        self.predictor = predictor
+        self.tta_predictor = copy.copy(predictor)
+        self.tta_predictor.tta = True
+        self.limits = limits
+        self.scale: int = predictor.scale
+
+    def restore(self, data: bytes, tta: bool) -> tuple[np.ndarray, Optional[str]]:
+        """The restored upload ``(C, H * scale, W * scale)`` in the upload's dtype (rounded and clipped),
+        and a note when an RGB upload went through a grey-level model's luminance route (else ``None``)."""
+        image = decode_upload(data, self.limits, output_scale=self.scale)
+        predictor = self.tta_predictor if tta else self.predictor
+        note = None
+        if uses_luminance(predictor, image):
+            note = LUMINANCE_NOTE
+        else:
+            image = match_channels(image, predictor.in_channels)
+        return to_dtype(restore_array(predictor, image), image.dtype), note
+
+    def response(self, data: bytes, tta: bool) -> tuple[bytes, str, Optional[str]]:
+        """The restored file's bytes, its media type and the note of :meth:`restore`."""
+        restored, note = self.restore(data, tta)
+        body, media = encode_restored(restored)
+        return body, media, note
+
+
+class WrongTask(HTTPException):
+    """400: the other task's route (``/predict`` on a restoration model, ``/restore`` on a segmenter)."""
+
+    def __init__(self, task: str) -> None:
+        if task == "restoration":
+            message = (
+                "this server's model is a restoration model (it outputs images, not masks): "
+                "upload the image to POST /restore"
+            )
+        else:
+            message = (
+                "this server's model is a segmentation model (it outputs masks): "
+                "upload the image to POST /predict"
+            )
+        super().__init__(400, message)
+
+
+def model_description(predictor: Any, options: ServeOptions, classes: Optional[ClassInfo]) -> dict[str, Any]:
+    """What ``GET /model`` answers: task, scale, config, classes (``None`` for restoration), channels,
+    valid sizes, normalisation, backend, limits."""
     model = predictor.model
-    model_info = {
+    restoration = predictor.task == "restoration"
+    return {
+        "task": predictor.task,
+        "scale": predictor.scale,
+        "route": "/restore" if restoration else "/predict",
         "model": model.config.to_dict(),
-        "classes": segmenter.classes.to_dict(),
+        "classes": classes.to_dict() if classes is not None else None,
         "in_channels": predictor.in_channels,
-        "num_classes": predictor.num_classes,
+        "num_classes": None if restoration else predictor.num_classes,
+        "out_channels": model.config.num_classes,
         "valid_sizes": valid_size_rule(model),
         "normalize": predictor.normalize.to_dict() if predictor.normalize is not None else None,
         "backend": options.backend,
-        "limits": limits.to_dict(),
+        "limits": options.limits.to_dict(),
         "queue_size": options.queue_size,
     }
+
+
+def create_app(predictor: Any, options: Optional[ServeOptions] = None) -> FastAPI:
+    """The app serving ``predictor`` (a :class:`~unetkit.inference.Predictor`, model loaded already):
+    a segmentation model on ``POST /predict``, a restoration model on ``POST /restore``."""
+    options = options or ServeOptions()
+    limits = options.limits
+    task = predictor.task
+    segmenter = Segmenter(predictor, limits) if task == "segmentation" else None
+    restorer = Restorer(predictor, limits) if task == "restoration" else None
+    queue = BoundedQueue(options.queue_size, options.workers)
+    model_info = model_description(predictor, options, segmenter.classes if segmenter is not None else None)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         queue.shutdown()
 
-    app = FastAPI(title="unetkit", version=__version__, summary="Segment uploaded images", lifespan=lifespan)
+    app = FastAPI(
+        title="unetkit", version=__version__, summary="Segment or restore uploaded images", lifespan=lifespan
+    )
     app.add_middleware(BodyLimit, max_bytes=limits.max_bytes + MULTIPART_OVERHEAD)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -227,21 +323,23 @@ def create_app(predictor: Any, options: Optional[ServeOptions] = None) -> FastAP
 
     @app.get("/model")
     async def model_endpoint() -> dict:
-        """Model config, classes, input channels, valid sizes, normalisation, limits."""
+        """Task and scale, model config, classes, input channels, valid sizes, normalisation, limits."""
         return model_info
+
+    async def read_upload(request: Request) -> bytes:
+        """The bytes of the multipart field ``file`` (at most ``limits.max_bytes + 1`` read)."""
+        form = await request.form(max_files=1, max_fields=4)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise UploadError(400, "no file in the request: upload the image as the multipart field 'file'")
+        data = await upload.read(limits.max_bytes + 1)
+        await form.close()
+        return data
 
     @app.post(
         "/predict",
         responses={200: {"content": {"image/png": {}, "application/json": {}}}},
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"multipart/form-data": {"schema": {
-                    "type": "object", "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                }}},
-            }
-        },
+        openapi_extra=UPLOAD_BODY,
     )
     async def predict(
         request: Request,
@@ -254,13 +352,11 @@ def create_app(predictor: Any, options: Optional[ServeOptions] = None) -> FastAP
 
         Returns the mask PNG (same encoding as the training masks), or with ``instances=true``
         JSON ``{"count", "objects": [{"id", "class", "area", "box", "centroid"}], ...}``.
+        A restoration model answers 400 (use ``/restore``).
         """
-        form = await request.form(max_files=1, max_fields=4)
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise UploadError(400, "no file in the request: upload the image as the multipart field 'file'")
-        data = await upload.read(limits.max_bytes + 1)
-        await form.close()
+        if segmenter is None:
+            raise WrongTask(task)
+        data = await read_upload(request)
         if instances:
             result = await queue.run(segmenter.objects_response, data, threshold, tta, include_masks)
             return Response(json.dumps(result), media_type="application/json")
@@ -269,8 +365,35 @@ def create_app(predictor: Any, options: Optional[ServeOptions] = None) -> FastAP
         disposition = f'attachment; filename="{name}"'
         return Response(mask, media_type=media, headers={"Content-Disposition": disposition})
 
+    @app.post(
+        "/restore",
+        responses={200: {"content": {"image/png": {}, "image/tiff": {}}}},
+        openapi_extra=UPLOAD_BODY,
+    )
+    async def restore(
+        request: Request,
+        tta: bool = Query(False, description="average over flips and 90-degree rotations"),
+    ) -> Response:
+        """Restore (denoise, super-resolve) one image uploaded as the multipart field ``file``.
+
+        Returns the restored image, ``scale`` times larger per axis for a super-resolution model, in
+        the upload's dtype: PNG for 8-bit and 16-bit grey uploads, TIFF otherwise (e.g. float). An
+        RGB upload to a grey-level model is restored through its luminance, said in the
+        ``X-Unetkit-Note`` header. A segmentation model answers 400 (use ``/predict``).
+        """
+        if restorer is None:
+            raise WrongTask(task)
+        data = await read_upload(request)
+        body, media, note = await queue.run(restorer.response, data, tta)
+        name = "restored.png" if media == "image/png" else "restored.tif"
+        headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+        if note:
+            headers[NOTE_HEADER] = note
+        return Response(body, media_type=media, headers=headers)
+
     app.state.queue = queue
     app.state.segmenter = segmenter
+    app.state.restorer = restorer
     return app
 
 

@@ -1,8 +1,10 @@
 """Uploaded bytes -> a channel-first image, refusing what would hurt the server.
 
 Checks, in order: the byte size, that Pillow recognises the format, the pixel count and the
-longest side from the header alone (a decompression bomb is refused before it is decoded),
-one frame only, then the full decode (a truncated file fails here). Nothing is written to disk.
+longest side from the header alone (a decompression bomb is refused before it is decoded; a
+super-resolution upload is also refused when its scale-times-larger output would be over the
+limits), one frame only, then the full decode (a truncated file fails here). Nothing is written
+to disk.
 """
 
 from __future__ import annotations
@@ -41,8 +43,12 @@ class UploadError(ValueError):
         self.status = status
 
 
-def decode_upload(data: bytes, limits: Limits) -> np.ndarray:
-    """Decode an uploaded 2D image to ``(C, H, W)`` (dtype kept; palette -> RGB; opaque alpha dropped)."""
+def decode_upload(data: bytes, limits: Limits, output_scale: int = 1) -> np.ndarray:
+    """Decode an uploaded 2D image to ``(C, H, W)`` (dtype kept; palette -> RGB; opaque alpha dropped).
+
+    ``output_scale``: the answer is that many times larger along each axis (super-resolution); its
+    size ``(H * output_scale, W * output_scale)`` must be within ``limits`` too (checked on the header).
+    """
     from PIL import Image, UnidentifiedImageError
 
     if not data:
@@ -68,6 +74,8 @@ def decode_upload(data: bytes, limits: Limits) -> np.ndarray:
     except (OSError, ValueError, SyntaxError) as exc:
         raise UploadError(400, f"the image header cannot be read ({exc}): re-export the image") from None
     check_dimensions(width, height, limits)
+    if output_scale > 1:
+        check_output_dimensions(width, height, output_scale, limits)
     if frames != 1:
         raise UploadError(
             422, f"the file holds {frames} frames or pages; the server segments single 2D images: upload one "
@@ -100,6 +108,20 @@ def check_dimensions(width: int, height: int, limits: Limits) -> None:
             413, f"the image has {width * height:,} pixels ({width} x {height}), over the server's limit of "
             f"{limits.max_pixels:,}: crop or downscale it (or use `unetkit predict`, which streams big files)"
         )
+
+
+def check_output_dimensions(width: int, height: int, scale: int, limits: Limits) -> None:
+    """Raise a 413 :class:`UploadError` if the ``scale`` x super-resolved ``width x height`` image would be
+    over the pixel or side limit."""
+    out_w, out_h = width * scale, height * scale
+    if max(out_w, out_h) <= limits.max_side and out_w * out_h <= limits.max_pixels:
+        return
+    raise UploadError(
+        413, f"the image is {width} x {height} pixels; its x{scale} super-resolution would be "
+        f"{out_w} x {out_h} ({out_w * out_h:,} pixels), over the server's limit of {limits.max_pixels:,} "
+        f"pixels and {limits.max_side} per side: upload at most {limits.max_pixels // scale**2:,} pixels and "
+        f"{limits.max_side // scale} per side (or restore it with `unetkit predict`)"
+    )
 
 
 def match_channels(image: np.ndarray, expected: int) -> np.ndarray:

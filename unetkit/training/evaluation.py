@@ -211,19 +211,33 @@ def evaluate_run(
     metric: Optional[str] = None,
     progress: bool = False,
     instance_config: Any = None,
+    noise: Optional[str] = None,
 ) -> dict[str, Any]:
     """Score a RUN's best model on a dataset folder and write the report (see :func:`write_report`).
+
+    A restoration run is scored by PSNR/SSIM instead
+    (:func:`~unetkit.tasks.restoration.evaluate_restoration`; ``noise`` replaces the noise of a
+    denoising run for clean images; ``save_masks`` then saves the restored images).
 
     With ``save_masks`` the predicted masks go to ``out_dir/masks/`` in the encoding of the
     training masks (0/255, palette, RGB...), one per image, named like the image. With
     ``instance_config`` objects are scored too, against the dataset's ``instances/`` (or the
     connected components of the masks when it has none).
     """
-    from ..data.dataset import check_dataset, find_samples, load_instances, load_sample
+    from ..data.check import check_dataset
+    from ..data.samples import find_samples, load_instances, load_sample
     from ..inference import Predictor
     from .run import Run
 
     run = Run.load(run_dir)
+    if run.task == "restoration":
+        from ..tasks.restoration import evaluate_restoration
+
+        predictor = Predictor.from_run(run.path, tta=tta)
+        return evaluate_restoration(
+            run, data_dir, out_dir, predictor=predictor, noise=noise, save_outputs=save_masks, worst=worst,
+            progress=progress,
+        )
     check_dataset(data_dir).raise_if_problems()
     samples = find_samples(data_dir)
     cfg = run.config.data

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
-from ..data.dataset import check_dataset, find_samples, load_instances, load_labels
+from ..data.check import check_dataset
 from ..data.io import read_image
 from ..data.normalize import NormalizeConfig
+from ..data.samples import find_samples, load_instances, load_labels
 from ..data.scale import equivalent_diameters, median_object_diameter, scale_factor
 from ..losses import LossConfig
 from ..models import build_model
@@ -112,18 +113,24 @@ class Plan:
     """The proposed config and the reason for each choice."""
 
     config: TrainConfig
-    fingerprint: Fingerprint
+    fingerprint: Any
     machine: Machine
     reasons: list[str] = field(default_factory=list)
     seconds_per_step: Optional[float] = None
 
     def format(self) -> str:
         c = self.config
+        task = ""
+        if c.task == "restoration":
+            from ..tasks import get_task
+
+            task = f"  task      {get_task(c.task).describe(c)}"
         lines = [
             f"dataset: {self.fingerprint.describe()}",
             f"machine: {self.machine.describe()}",
             "",
             "plan:",
+            *([task] if task else []),
             f"  model     {c.model.architecture}, depth {c.model.depth}, base width {c.model.base_channels}, "
             f"{c.model.padding} padding, {c.model.norm} norm, {c.model.num_classes} output channel(s)",
             f"  patches   {c.data.patch_size} px, batch {c.data.batch_size}, "
@@ -275,6 +282,71 @@ def time_training_step(config: TrainConfig, device: str, repeats: int = 2) -> fl
     return float(np.median(times))
 
 
+def fit_epochs(
+    config: TrainConfig,
+    reasons: list[str],
+    machine: Machine,
+    max_minutes: Optional[float],
+    val_pixels: Optional[float],
+) -> tuple[TrainConfig, Optional[float]]:
+    """Set the epoch length and count of a planned ``config`` by timing its training step here (skipped
+    when ``val_pixels`` is ``None``): epochs long enough that validating ``val_pixels`` pixels after
+    each is a small share, as many as ``max_minutes`` holds; appends the reasons. Returns the config
+    and the seconds per step."""
+    data = config.data
+    batch, patch, dims = data.batch_size, data.patch_size, config.model.dims
+    per_epoch = data.patches_per_epoch
+    steps_per_epoch = per_epoch // batch
+    minutes = max_minutes or DEFAULT_PLAN_MINUTES
+    epochs = config.budget.epochs
+    seconds = None
+    if val_pixels is not None:
+        seconds = time_training_step(config, machine.device)
+        val_seconds = VALIDATION_COST * val_pixels / (batch * patch**dims) * seconds
+        min_epoch = max(MIN_EPOCH_SECONDS, 10 * val_seconds)
+        short = math.ceil(min_epoch / seconds)
+        if steps_per_epoch < short:
+            steps_per_epoch = short
+            per_epoch = short * batch
+            config = dataclasses.replace(config, data=dataclasses.replace(data, patches_per_epoch=per_epoch))
+            reasons.append(
+                f"{per_epoch} patches per epoch instead: an epoch of at least {min_epoch:.0f} s of training "
+                f"keeps the whole-image validation after each epoch (about {val_seconds:.0f} s) a small "
+                "share of the time"
+            )
+        val_share = 0.15 if (data.val or data.val_fraction > 0) else 0.0
+        epoch_seconds = steps_per_epoch * seconds * (1 + val_share)
+        epochs = max(1, int(minutes * 60 * TRAIN_SHARE / epoch_seconds))
+        reasons.append(
+            f"about {epochs} epochs: one step takes {seconds:.2f} s here now, an epoch ({steps_per_epoch} "
+            f"steps + validation) about {epoch_seconds:.0f} s, {minutes:g} minutes "
+            f"{'budget' if max_minutes else '(default plan budget)'}"
+        )
+    if max_minutes:
+        # The clock, not the epoch count, ends the run and drives the schedule: a machine that is
+        # busier or idler than during the timing above still gets its whole budget.
+        epochs = max(100, 4 * epochs)
+        reasons.append(f"epoch cap {epochs}: the {max_minutes:g}-minute budget ends the run and the schedule")
+    budget = dataclasses.replace(config.budget, epochs=epochs, max_minutes=max_minutes)
+    return dataclasses.replace(config, budget=budget), seconds
+
+
+def adam_cosine(config: TrainConfig, reasons: list[str], monitor: str, warmup: int = 20) -> TrainConfig:
+    """The planned optimiser and schedule (Adam 1e-3, warm-up, cosine to the end) and the kept epoch."""
+    config = dataclasses.replace(
+        config,
+        optim=dataclasses.replace(config.optim, name="adam", lr=1e-3),
+        schedule=dataclasses.replace(config.schedule, name="cosine", warmup_steps=warmup),
+        budget=dataclasses.replace(config.budget, monitor=monitor),
+    )
+    reasons.append(
+        f"Adam lr 1e-3 with {warmup} warm-up steps and a cosine decay to the end of the "
+        f"{'time budget' if config.budget.max_minutes else 'epochs'}; the best epoch by validation "
+        f"{monitor} is kept"
+    )
+    return config
+
+
 def plan_training(
     train_dir: Union[str, Path],
     *,
@@ -405,55 +477,14 @@ def plan_training(
     reasons.append(f"{per_epoch} patches per epoch: about the training pixels once (at least 8 steps)")
     config = dataclasses.replace(config, data=data, model=model, loss=loss)
 
-    minutes = max_minutes or DEFAULT_PLAN_MINUTES
-    steps_per_epoch = per_epoch // batch
-    epochs = config.budget.epochs
-    seconds = None
+    val_pixels = None
     if measure:
-        seconds = time_training_step(config, machine.device)
         val_pixels = (
             _validation_pixels(val_dir, report.classes, object_diameter)
             if val_dir
             else config.data.val_fraction * train_pixels
             * float(np.mean([_passes(d, object_diameter, dims) for d in fp.image_object_diameters] or [1.0]))
         )
-        val_seconds = VALIDATION_COST * val_pixels / (batch * patch**dims) * seconds
-        min_epoch = max(MIN_EPOCH_SECONDS, 10 * val_seconds)
-        short = math.ceil(min_epoch / seconds)
-        if steps_per_epoch < short:
-            steps_per_epoch = short
-            per_epoch = short * batch
-            config = dataclasses.replace(config, data=dataclasses.replace(data, patches_per_epoch=per_epoch))
-            reasons.append(
-                f"{per_epoch} patches per epoch instead: an epoch of at least {min_epoch:.0f} s of training "
-                f"keeps the whole-image validation after each epoch (about {val_seconds:.0f} s) a small "
-                "share of the time"
-            )
-        val_share = 0.15 if (val_dir or config.data.val_fraction > 0) else 0.0
-        epoch_seconds = steps_per_epoch * seconds * (1 + val_share)
-        epochs = max(1, int(minutes * 60 * TRAIN_SHARE / epoch_seconds))
-        reasons.append(
-            f"about {epochs} epochs: one step takes {seconds:.2f} s here now, an epoch ({steps_per_epoch} "
-            f"steps + validation) about {epoch_seconds:.0f} s, {minutes:g} minutes "
-            f"{'budget' if max_minutes else '(default plan budget)'}"
-        )
-    if max_minutes:
-        # The clock, not the epoch count, ends the run and drives the schedule: a machine that is
-        # busier or idler than during the timing above still gets its whole budget.
-        epochs = max(100, 4 * epochs)
-        reasons.append(f"epoch cap {epochs}: the {max_minutes:g}-minute budget ends the run and the schedule")
-    warmup = 20
-    config = dataclasses.replace(
-        config,
-        optim=dataclasses.replace(config.optim, name="adam", lr=1e-3),
-        schedule=dataclasses.replace(config.schedule, name="cosine", warmup_steps=warmup),
-        budget=dataclasses.replace(
-            config.budget, epochs=epochs, max_minutes=max_minutes, monitor="dice" if binary else "mean_iou"
-        ),
-    )
-    reasons.append(
-        f"Adam lr 1e-3 with {warmup} warm-up steps and a cosine decay to the end of the "
-        f"{'time budget' if max_minutes else 'epochs'}; the best epoch by validation "
-        f"{config.budget.monitor} is kept"
-    )
+    config, seconds = fit_epochs(config, reasons, machine, max_minutes, val_pixels)
+    config = adam_cosine(config, reasons, "dice" if binary else "mean_iou")
     return Plan(config=config, fingerprint=fp, machine=machine, reasons=reasons, seconds_per_step=seconds)

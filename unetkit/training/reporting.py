@@ -145,10 +145,39 @@ def overlay_panels(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, class
 
 def save_overlay(path: Path, image: np.ndarray, truth: np.ndarray, pred: np.ndarray, classes: Any) -> Path:
     """Write :func:`overlay_panels` as a PNG, atomically."""
+    return save_picture(path, overlay_panels(image, truth, pred, classes))
+
+
+def crop_panels(images: Sequence[np.ndarray], data_range: float, crop: int = 192) -> np.ndarray:
+    """Side by side, the same centre crop (``crop`` px at the last image's resolution) of each
+    ``(C, H, W)`` image (e.g. input | output | target), on ``0..data_range``, as ``(h, n*w + gaps, 3)``
+    uint8. Smaller images (a super-resolution input) are shown enlarged with nearest pixels."""
+    ref = images[-1].shape[-2:]
+    size = (min(crop, ref[0]), min(crop, ref[1]))
+    top, left = (ref[0] - size[0]) // 2, (ref[1] - size[1]) // 2
+    panels = []
+    for image in images:
+        if image.ndim == 4:  # a volume: its middle slice
+            image = image[:, image.shape[1] // 2]
+        factor = ref[0] // image.shape[-2]
+        if factor > 1:
+            image = image.repeat(factor, axis=-2).repeat(factor, axis=-1)
+        part = image[:3, top:top + size[0], left:left + size[1]].astype(np.float32)
+        rgb = np.repeat(part, 3, axis=0) if part.shape[0] == 1 else part
+        panels.append(np.clip(np.moveaxis(rgb, 0, -1) / data_range * 255, 0, 255).round().astype(np.uint8))
+    gap = np.full((size[0], GAP, 3), 255, np.uint8)
+    row = [panels[0]]
+    for panel in panels[1:]:
+        row += [gap, panel]
+    return np.concatenate(row, axis=1)
+
+
+def save_picture(path: Path, picture: np.ndarray) -> Path:
+    """Write an ``(H, W, 3)`` uint8 picture as a PNG, atomically."""
     from PIL import Image
 
     with atomic_path(path) as tmp:
-        Image.fromarray(overlay_panels(image, truth, pred, classes)).save(tmp, format="PNG")
+        Image.fromarray(picture).save(tmp, format="PNG")
     return path
 
 

@@ -1,9 +1,10 @@
 """A RUN folder written by ``unetkit train``, read back as one object.
 
 Layout: ``model.safetensors`` + ``model.json`` (the best model), ``config.json`` (the full
-:class:`~unetkit.config.TrainConfig`), ``classes.json`` (the ``ClassInfo``), ``metrics.csv`` (one row
-per epoch), ``curves.png``, ``samples/`` (image | truth | prediction at the best epoch) and
-``state/`` (what ``--resume`` needs).
+:class:`~unetkit.config.TrainConfig`, whose ``task`` says what the run learns), ``classes.json``
+(segmentation: the ``ClassInfo``), ``metrics.csv`` (one row per epoch), ``curves.png``, ``samples/``
+(image | truth | prediction, or input | output | target crops, at the best epoch) and ``state/``
+(what ``--resume`` needs).
 """
 
 from __future__ import annotations
@@ -28,14 +29,15 @@ SAMPLES_DIR = "samples"
 
 
 class Run:
-    """A training run: ``run.config``, ``run.classes``, ``run.history`` (one dict per epoch),
-    ``run.model`` (the best network, loaded on first use, eval mode) and ``run.best``."""
+    """A training run: ``run.config``, ``run.task``, ``run.classes`` (``None`` without classes),
+    ``run.history`` (one dict per epoch), ``run.model`` (the best network, loaded on first use, eval
+    mode) and ``run.best``."""
 
     def __init__(
         self,
         path: Union[str, Path],
         config: TrainConfig,
-        classes: ClassInfo,
+        classes: Optional[ClassInfo],
         history: list[dict[str, Any]],
         status: str = "done",
     ) -> None:
@@ -50,15 +52,23 @@ class Run:
     def load(cls, path: Union[str, Path]) -> Run:
         """Read a RUN folder; raises ``FileNotFoundError`` naming what is missing."""
         path = Path(path)
-        for name in (CONFIG_FILE, CLASSES_FILE, WEIGHTS_FILE, MODEL_CONFIG_FILE):
+        if not (path / CONFIG_FILE).is_file():
+            raise FileNotFoundError(
+                f"{path / CONFIG_FILE} not found: {path} is not a RUN folder of `unetkit train`"
+            )
+        config = TrainConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
+        needed = [WEIGHTS_FILE, MODEL_CONFIG_FILE] + ([CLASSES_FILE] if config.task == "segmentation" else [])
+        for name in needed:
             if not (path / name).is_file():
                 raise FileNotFoundError(
                     f"{path / name} not found: {path} is not a finished RUN folder of `unetkit train` "
                     "(a run stopped before its first validation has no best model yet; "
                     "resume it with --resume)"
                 )
-        config = TrainConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
-        classes = ClassInfo.from_dict(json.loads((path / CLASSES_FILE).read_text()))
+        classes = (
+            ClassInfo.from_dict(json.loads((path / CLASSES_FILE).read_text()))
+            if (path / CLASSES_FILE).is_file() else None
+        )
         history = read_csv(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else []
         status = "done"
         latest = path / STATE_DIR / LATEST
@@ -67,6 +77,11 @@ class Run:
             if counters.is_file():
                 status = json.loads(counters.read_text()).get("status", status)
         return cls(path, config, classes, history, status)
+
+    @property
+    def task(self) -> str:
+        """What the run learned: ``"segmentation"`` or ``"restoration"``."""
+        return self.config.task
 
     @property
     def model(self) -> nn.Module:

@@ -24,31 +24,14 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import save_model
 from ..config import TrainConfig, monitor_mode, save_config
-from ..data.classes import ClassInfo
-from ..data.dataset import (
-    PatchDataset,
-    Sample,
-    check_dataset,
-    detect_classes,
-    find_samples,
-    load_sample,
-    split_samples,
-)
-from ..data.io import read_image
-from ..data.weights import BorderWeightConfig
-from ..inference import Predictor
-from ..losses import SegmentationLoss
 from ..models import build_model
+from ..tasks import get_task
 from ..utils.atomic import atomic_write_json
 from .averaging import WeightAverage
-from .evaluation import score_images, summary_of
 from .precision import autocast, mixed_precision_dtype
-from .reporting import save_curves, save_overlay, write_csv
-from .run import CLASSES_FILE, CONFIG_FILE, CURVES_FILE, METRICS_FILE, SAMPLES_DIR, Run
+from .reporting import save_curves, write_csv
+from .run import CONFIG_FILE, CURVES_FILE, METRICS_FILE, SAMPLES_DIR, Run
 from .state import Progress, has_state, load_state, save_state
-
-#: Validation metrics drawn in ``curves.png`` (when the run has them).
-CURVE_METRICS = ("dice", "iou", "mean_iou", "pixel_error", "rand_error")
 
 
 class TrainingDiverged(RuntimeError):
@@ -92,60 +75,6 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return cls(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
 
 
-@dataclasses.dataclass
-class TrainingData:
-    """Samples and classes of a run, after the dataset checks."""
-
-    train: list[Sample]
-    val: list[Sample]
-    classes: ClassInfo
-    in_channels: int
-    dims: int
-
-
-def _require_ok(root: str) -> None:
-    check_dataset(root).raise_if_problems()
-
-
-def prepare_data(config: TrainConfig) -> TrainingData:
-    """Check the dataset folders (same messages as ``unetkit check``), split, detect the classes."""
-    if not config.data.train:
-        raise ValueError("no training data: give the dataset folder (unetkit train DATA) or set data.train")
-    _require_ok(config.data.train)
-    train = find_samples(config.data.train)
-    if config.data.val:
-        _require_ok(config.data.val)
-        val = find_samples(config.data.val)
-    elif config.data.val_fraction > 0:
-        train, val = split_samples(train, config.data.val_fraction, config.seed)
-    else:
-        val = []
-    classes = detect_classes(train + val)
-    first = read_image(train[0].image)
-    spatial = first.ndim - 1
-    return TrainingData(train, val, classes, int(first.shape[0]), spatial)
-
-
-def resolve_model_config(config: TrainConfig, data: TrainingData) -> TrainConfig:
-    """Fit the network's input channels and output classes to the data (a binary problem keeps a
-    1-channel sigmoid head or a 2-channel softmax head, whichever the config asks for)."""
-    model = config.model
-    n_classes = 3 if config.data.target == "three_class" else data.classes.num_classes
-    out = model.num_classes if (n_classes == 2 and model.num_classes in (1, 2)) else n_classes
-    if model.dims != data.dims:
-        raise ValueError(
-            f"the images of {config.data.train} are {data.dims}D but model.dims is {model.dims}: "
-            f"set --model.dims {data.dims}"
-        )
-    return dataclasses.replace(
-        config, model=dataclasses.replace(model, in_channels=data.in_channels, num_classes=out)
-    )
-
-
-def _tuple(size: int, dims: int) -> tuple[int, ...]:
-    return (size,) * dims
-
-
 class Trainer:
     """Runs one training; ``Trainer(config).fit()`` returns the :class:`Run`.
 
@@ -172,6 +101,7 @@ class Trainer:
         self.log = log
         self.out = Path(config.out)
         self.device = resolve_device(config.device)
+        self.task = get_task(self.config.task)
 
     # ------------------------------------------------------------------ set-up
     def _prepare_folder(self) -> None:
@@ -194,8 +124,10 @@ class Trainer:
             torch.set_num_threads(self.config.threads)
         torch.manual_seed(self.config.seed)
         np.random.seed(self.config.seed % 2**32)
-        self.data = prepare_data(self.config)
-        self.config = resolve_model_config(self.config, self.data)
+        self.data = self.task.prepare_data(self.config)
+        for note in self.data.notes:
+            self.log(note)
+        self.config = self.task.resolve_config(self.config, self.data)
         self.model = (self.custom_model or build_model(self.config.model)).to(self.device)
         if self.custom_model is not None:  # config.json then describes the network really trained
             self.config = dataclasses.replace(self.config, model=self.custom_model.config)
@@ -204,13 +136,12 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.config)
         ema = self.config.optim.ema
         self.average = WeightAverage(self.model, ema) if ema else None
-        self.loss_fn = SegmentationLoss(self.config.loss, ignore_index=self.data.classes.ignore_index)
-        self.dataset = self._dataset()
-        self.val_items = [
-            (s.name, *load_sample(s, self.data.classes, self.config.data.normalize)) for s in self.data.val
-        ]
+        self.loss_fn = self.task.build_loss(self.config, self.data)
+        self.dataset = self.task.build_dataset(self.config, self.data, self.model)
+        self.val_items = self.task.validation_items(self.config, self.data)
         save_config(self.config, self.out / CONFIG_FILE)
-        atomic_write_json(self.out / CLASSES_FILE, self.data.classes.to_dict())
+        for name, content in self.task.run_files(self.data).items():
+            atomic_write_json(self.out / name, content)
         self.progress = (
             load_state(self.out, self.model, self.optimizer, self.average) if self.resume else Progress()
         )
@@ -219,31 +150,6 @@ class Trainer:
             "cuda", enabled=self.device.type == "cuda" and self.amp_dtype == torch.float16
         )
         self.tensorboard = self._tensorboard()
-
-    def _dataset(self) -> PatchDataset:
-        cfg = self.config.data
-        dims = self.config.model.dims
-        patch = _tuple(cfg.patch_size, dims)
-        self.model.check_input_size(patch)
-        output = self.model.output_size(patch) if self.model.context() > 0 else None
-        per_epoch = cfg.patches_per_epoch
-        if per_epoch is None:
-            pixels = sum(int(np.prod(read_image(s.image).shape[1:])) for s in self.data.train)
-            per_epoch = max(cfg.batch_size, round(pixels / np.prod(patch)) // cfg.batch_size * cfg.batch_size)
-        return PatchDataset(
-            self.data.train,
-            self.data.classes,
-            patch_size=patch,
-            normalize=cfg.normalize,
-            augment=self.config.augment,
-            target=cfg.target,
-            weight_map=BorderWeightConfig(w0=cfg.w0, sigma=cfg.sigma) if cfg.weight_map else None,
-            foreground_oversample=cfg.foreground_oversample,
-            seed=self.config.seed,
-            patches_per_epoch=per_epoch,
-            output_size=_tuple(output, dims) if isinstance(output, int) else output,
-            object_diameter=cfg.object_diameter,
-        )
 
     def _tensorboard(self) -> Any:
         if not self.config.tensorboard:
@@ -291,14 +197,12 @@ class Trainer:
         return lr
 
     def _train_step(self, batch: dict[str, torch.Tensor], update: bool) -> torch.Tensor:
-        image = batch["image"].to(self.device, non_blocking=True)
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        image = batch["image"]
         if image.dim() == 4:
             image = image.contiguous(memory_format=torch.channels_last)
-        mask = batch["mask"].to(self.device, non_blocking=True)
-        weight = batch.get("weight")
-        weight = weight.to(self.device, non_blocking=True) if weight is not None else None
         with autocast(self.device, self.amp_dtype):
-            loss = self.loss_fn(self.model(image), mask, weight)
+            loss = self.loss_fn(self.model(image), batch)
         self.scaler.scale(loss / self.config.optim.accumulate).backward()
         if update:
             clip = self.config.optim.grad_clip
@@ -429,15 +333,10 @@ class Trainer:
         """Whole-image metrics on the validation set (empty dict without one)."""
         if not self.val_items:
             return {}, []
-        predictor = Predictor(
-            self.evaluated_model, device=self.device, classes=self.data.classes,
-            object_diameter=self.config.data.object_diameter, target=self.config.data.target,
-        )
-        scored = score_images(predictor, self.val_items, self.data.classes, rand_sweep=False)
+        predictor = self.task.predictor(self.evaluated_model, self.config, self.data, self.device)
+        metrics, scored = self.task.validate(predictor, self.val_items, self.data)
         self.model.train()
-        summary = summary_of(scored, self.data.classes)
-        keep = {k: v for k, v in summary.items() if isinstance(v, float) and not k.startswith("global_pixel")}
-        return keep, scored
+        return metrics, scored
 
     def _is_better(self, value: float) -> bool:
         best = self.progress.best_value
@@ -449,10 +348,7 @@ class Trainer:
 
     def _save_best(self, scored: Sequence[Any]) -> None:
         save_model(self.evaluated_model, self.out)
-        for s in scored[: self.config.num_samples]:
-            save_overlay(
-                self.out / SAMPLES_DIR / f"{s.name}.png", s.image, s.truth, s.pred, self.data.classes
-            )
+        self.task.save_samples(self.out / SAMPLES_DIR, scored, self.data, self.config.num_samples)
 
     def _end_epoch(self, epoch: int, loss: float, batches: int, rate: float, started: float) -> bool:
         """Validate, keep the best, write the RUN files; returns True when early stopping triggers."""
@@ -500,7 +396,7 @@ class Trainer:
 
     def _epoch_line(self, row: dict[str, Any]) -> str:
         parts = [f"epoch {row['epoch']}", f"loss {row['loss']:.4f}"]
-        for key in ("dice", "iou", "mean_iou", "pixel_error", "rand_error"):
+        for key in self.task.curve_metrics:
             if key in row and row[key] == row[key]:
                 parts.append(f"{key} {row[key]:.4f}")
         parts.append(f"{row['batches_per_s']:.2f} batch/s")
@@ -513,7 +409,7 @@ class Trainer:
         # State first: a metrics.csv row then always has its committed state behind it.
         save_state(self.out, self.model, self.optimizer, self.progress, self.average)
         write_csv(self.out / METRICS_FILE, self.progress.history)
-        save_curves(self.progress.history, self.out / CURVES_FILE, CURVE_METRICS)
+        save_curves(self.progress.history, self.out / CURVES_FILE, self.task.curve_metrics)
 
     def fit(self) -> Run:
         """Train until the epochs, the time budget or the patience run out; returns the :class:`Run`."""
@@ -579,6 +475,7 @@ class Trainer:
         n_params = sum(p.numel() for p in self.model.parameters())
         return (
             f"training {m.architecture} depth {m.depth} width {m.base_channels} ({n_params:,} parameters) "
+            f"for {self.task.describe(self.config)} "
             f"on {len(self.data.train)} images, validating on {len(self.data.val)}; "
             f"{self.steps_per_epoch} steps "
             f"of batch {self.config.data.batch_size} x patch {self.config.data.patch_size} per epoch; "

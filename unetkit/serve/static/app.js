@@ -1,8 +1,10 @@
 // The unetkit page: upload an image to /predict, show the mask over it, the object count,
-// and a download link for the mask. Plain JS, no build step.
+// and a download link for the mask; for a restoration model, upload it to /restore and show the
+// restored image with a download link. Plain JS, no build step.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+let task = "segmentation";  // from /model
 
 function setStatus(text, state) {
   $("status").textContent = text;
@@ -19,6 +21,14 @@ function errorText(body, response) {
 async function loadModel() {
   try {
     const info = await (await fetch("/model")).json();
+    task = info.task || "segmentation";
+    if (task === "restoration") {
+      const sr = info.scale > 1 ? ` (x${info.scale} super-resolution)` : "";
+      $("model-info").textContent =
+        `${info.model.architecture}, ${info.in_channels} input channel(s), task: restoration${sr}`;
+      $("download").textContent = "Download restored image";
+      return;
+    }
     const names = info.classes.names.join(", ");
     $("model-info").textContent =
       `${info.model.architecture}, ${info.in_channels} input channel(s), classes: ${names}`;
@@ -72,8 +82,48 @@ async function predict(file) {
   download.hidden = false;
 }
 
+async function restore(file) {
+  setStatus(`Restoring ${file.name}…`, "busy");
+  $("download").hidden = true;
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const params = new URLSearchParams({ tta: $("tta").checked ? "true" : "false" });
+  let response, blob;
+  try {
+    response = await fetch(`/restore?${params}`, { method: "POST", body: form });
+    if (!response.ok) {
+      const body = await response.json().catch(() => null);
+      const wait = response.headers.get("Retry-After");
+      setStatus(errorText(body, response) + (wait ? ` (retry in ${wait} s)` : ""), "error");
+      return;
+    }
+    blob = await response.blob();
+  } catch (err) {
+    setStatus(`The server did not answer: ${err}`, "error");
+    return;
+  }
+  const url = URL.createObjectURL(blob);
+  const png = blob.type === "image/png";
+  const note = response.headers.get("X-Unetkit-Note");
+  const image = $("image");
+  $("overlay").removeAttribute("src");
+  image.hidden = !png;  // browsers do not display TIFF
+  image.onerror = null;
+  image.onload = () => {
+    image.width = Math.max(image.naturalWidth, 480);
+    setStatus(`Done: restored ${file.name}` + (note ? ` (${note}).` : "."), "done");
+  };
+  if (png) image.src = url;
+  else setStatus(`Done: restored ${file.name} (a TIFF: download it).`, "done");
+  $("count").textContent = "–";
+  const download = $("download");
+  download.href = url;
+  download.download = png ? "restored.png" : "restored.tif";
+  download.hidden = false;
+}
+
 function pick(files) {
-  if (files && files.length) predict(files[0]);
+  if (files && files.length) (task === "restoration" ? restore : predict)(files[0]);
 }
 
 $("file").addEventListener("change", (event) => pick(event.target.files));

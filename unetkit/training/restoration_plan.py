@@ -1,0 +1,160 @@
+"""The plan for a restoration run: the same machine timing and budget rules as segmentation
+(:mod:`.planner`), with the choices of the restoration literature.
+
+- residual learning (the network outputs its input plus a correction, DnCNN / VDSR), over the
+  noisy input or over the bicubic upscale for super-resolution: the correction is small and
+  centred on zero, which a short CPU budget learns faster than the whole image;
+- L2 loss for denoising (the Gaussian-noise optimum, and what PSNR measures), L1 for
+  super-resolution and paired restoration (sharper edges, EDSR), L2 on the blind spots for
+  Noise2Void (its paper's loss);
+- 8-bit images normalised by the fixed 0-255 range (noise levels and PSNR are defined on it),
+  other images by their percentiles; the output is mapped back to the input's scale;
+- patches of 64 px for Noise2Void (its default) and 96 px otherwise on a CPU (128 on a GPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from ..config import RestorationConfig, TrainConfig
+from ..data.degrade import parse_noise
+from ..data.io import read_image
+from ..data.normalize import NormalizeConfig
+from ..data.pairs import check_image_pairs, find_image_pairs, has_pairs
+from ..losses import LossConfig
+from .planner import Machine, Plan, adam_cosine, fit_epochs
+
+MAX_IMAGES_FINGERPRINTED = 50
+
+
+@dataclass
+class ImagesFingerprint:
+    """What the restoration planner knows about a folder of images (or of pairs)."""
+
+    root: str
+    n_images: int
+    dims: int
+    channels: int
+    dtype: str
+    median_shape: tuple[int, ...]
+    min_shape: tuple[int, ...]
+    paired: bool
+    scale: int
+
+    def describe(self) -> str:
+        kind = f"input/target pairs (targets x{self.scale})" if self.paired else "images"
+        return (
+            f"{self.n_images} {self.dims}D {kind}, {self.channels} channel(s) {self.dtype}, median size "
+            f"{'x'.join(map(str, self.median_shape))} (smallest {'x'.join(map(str, self.min_shape))})"
+        )
+
+
+def fingerprint_images(root: Union[str, Path], scale: Optional[int] = None) -> ImagesFingerprint:
+    """Fingerprint a restoration dataset folder (raises :class:`~unetkit.data.io.DataError` on problems)."""
+    pairs = find_image_pairs(root)
+    scale = check_image_pairs(pairs, scale)
+    rng = np.random.default_rng(0)
+    picked = pairs if len(pairs) <= MAX_IMAGES_FINGERPRINTED else [
+        pairs[i] for i in sorted(rng.choice(len(pairs), MAX_IMAGES_FINGERPRINTED, replace=False))
+    ]
+    images = [read_image(p.target or p.image) for p in picked]
+    shapes = np.array([im.shape[1:] for im in images])
+    return ImagesFingerprint(
+        root=str(root),
+        n_images=len(pairs),
+        dims=shapes.shape[1],
+        channels=int(images[0].shape[0]),
+        dtype=str(read_image(picked[0].image).dtype),
+        median_shape=tuple(int(v) for v in np.median(shapes, axis=0)),
+        min_shape=tuple(int(v) for v in shapes.min(axis=0)),
+        paired=has_pairs(root),
+        scale=scale,
+    )
+
+
+def plan_restoration(
+    train_dir: Union[str, Path],
+    restoration: RestorationConfig,
+    *,
+    val_dir: Optional[Union[str, Path]] = None,
+    max_minutes: Optional[float] = None,
+    machine: Optional[Machine] = None,
+    base: Optional[TrainConfig] = None,
+    measure: bool = True,
+) -> Plan:
+    """Propose a restoration config for ``train_dir`` (see the module doc for the choices)."""
+    machine = machine or Machine.detect()
+    mode = restoration.mode
+    if mode == "denoise":
+        parse_noise(restoration.noise)
+    fp = fingerprint_images(train_dir, restoration.scale if mode == "super_resolve" else None)
+    config = base or TrainConfig()
+    gpu = machine.device == "cuda"
+    reasons: list[str] = []
+    cap = 64 if mode == "noise2void" else (128 if gpu else 96)
+    if fp.dims == 3:
+        cap = 32 if mode == "noise2void" else 48
+    depth = 4 if cap >= 64 else 3
+    step = 2**depth
+    patch = min(cap, min(fp.min_shape) // step * step)
+    if mode == "super_resolve":
+        multiple = int(np.lcm(step, restoration.scale))
+        patch = max(multiple, patch // multiple * multiple)
+    reasons.append(
+        f"patch {patch} px, depth {depth}: "
+        + ("Noise2Void's default patch" if mode == "noise2void" else f"the {'GPU' if gpu else 'CPU'} choice")
+        + f", no larger than the smallest image ({min(fp.min_shape)} px), a multiple of {step}"
+    )
+    width = 32 if gpu else 16
+    batch = (16 if gpu else 8) if fp.dims == 2 else 2
+    reasons.append(f"base width {width}, batch {batch}: " + (
+        "a GPU trains a wider net in the same time" if gpu else "a narrow net gets more CPU steps"))
+    model = dataclasses.replace(
+        config.model, architecture="unet", in_channels=fp.channels, num_classes=fp.channels, dims=fp.dims,
+        depth=depth, base_channels=width, padding="same", up_mode="transpose", norm="batch", dropout=0.0,
+        residual=True,
+    )
+    over = "the bicubic upscale" if mode == "super_resolve" or fp.scale > 1 else "the input"
+    reasons.append(f"residual learning over {over}: the network predicts a small correction, learnt faster")
+    if fp.dtype == "uint8":
+        normalize = NormalizeConfig(mode="fixed", min_value=0.0, max_value=255.0)
+        reasons.append("normalise fixed 0-255: 8-bit images; noise levels and PSNR are defined on that scale")
+    else:
+        normalize = NormalizeConfig(mode="percentile", low=1.0, high=99.8)
+        reasons.append(
+            f"normalise by each input's 1st-99.8th percentiles ({fp.dtype} images); outputs mapped back"
+        )
+    l2 = mode in ("denoise", "noise2void")
+    loss = LossConfig(name="l2" if l2 else "l1")
+    reasons.append(
+        "loss L2: optimal for Gaussian noise and what PSNR measures" if mode == "denoise"
+        else "loss L2 on the blind-spot pixels only (Noise2Void)" if mode == "noise2void"
+        else "loss L1: sharper edges than L2 for super-resolution and paired restoration (EDSR)"
+    )
+    train_pixels = int(np.prod(fp.median_shape)) * fp.n_images
+    per_epoch = max(batch * 8, round(train_pixels / patch**fp.dims / batch) * batch)
+    reasons.append(f"{per_epoch} patches per epoch: about the training pixels once (at least 8 steps)")
+    data = dataclasses.replace(
+        config.data, train=str(train_dir), val=str(val_dir) if val_dir else config.data.val,
+        patch_size=patch, batch_size=batch, patches_per_epoch=per_epoch, normalize=normalize,
+        foreground_oversample=0.0, target="semantic", weight_map=False, object_diameter=None,
+    )
+    restoration = dataclasses.replace(restoration, scale=fp.scale if mode == "pairs" else restoration.scale)
+    config = dataclasses.replace(
+        config, task="restoration", restoration=restoration, model=model, data=data, loss=loss,
+    )
+    val_pixels = None
+    if measure:
+        val_pixels = (
+            sum(float(np.prod(read_image(p.target or p.image).shape[1:])) for p in find_image_pairs(val_dir))
+            if val_dir else config.data.val_fraction * train_pixels
+        )
+    config, seconds = fit_epochs(config, reasons, machine, max_minutes, val_pixels)
+    clean = mode != "noise2void" or (val_dir is not None and has_pairs(val_dir))
+    config = adam_cosine(config, reasons, "psnr" if clean else "val_loss")
+    return Plan(config=config, fingerprint=fp, machine=machine, reasons=reasons, seconds_per_step=seconds)
