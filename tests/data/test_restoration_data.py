@@ -42,7 +42,9 @@ def save_tif(path: Path, array: np.ndarray) -> Path:
 
 
 def pair(root: Path, name: str, image: np.ndarray, target: np.ndarray) -> ImagePair:
-    return ImagePair(save_png(root / "inputs" / f"{name}.png", image), save_png(root / "targets" / f"{name}.png", target))
+    return ImagePair(
+        save_png(root / "inputs" / f"{name}.png", image), save_png(root / "targets" / f"{name}.png", target)
+    )
 
 
 # ------------------------------------------------------------------------------ finding the images
@@ -273,3 +275,16 @@ def test_a_patch_larger_than_an_image_names_the_file(tmp_path, clean):
     with pytest.raises(DataError) as info:
         ds[3]
     assert "tiny.png" in str(info.value) and "patch" in str(info.value)
+
+
+@pytest.mark.parametrize("mode", ["denoise", "noise2void"])
+def test_volumes_give_cubic_patches(tmp_path, mode):
+    volume = (np.random.default_rng(0).random((20, 32, 32)) * 255).astype(np.uint8)
+    pairs = [ImagePair(save_tif(tmp_path / "vol.tif", volume))]
+    ds = dataset(pairs, mode, patch_size=16, blind_spot=(0.01, 2, "uniform"))
+    item = ds[0]
+    assert item["image"].shape == item["target"].shape == (1, 16, 16, 16)
+    if mode == "noise2void":
+        mask = item["mask"].numpy().astype(bool)
+        assert mask.shape == (16, 16, 16) and mask.any()
+        assert not ((item["image"] != item["target"]).numpy()[0] & ~mask).any()

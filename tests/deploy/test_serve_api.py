@@ -11,8 +11,9 @@ import zlib
 
 import numpy as np
 import pytest
+import tifffile
 import torch
-from deploy_helpers import cells_png, make_run, threshold_model
+from deploy_helpers import cells_png, make_restoration_run, make_run, threshold_model
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -20,6 +21,7 @@ from unetkit.cli import main
 from unetkit.data.classes import ClassInfo
 from unetkit.export import export_run, predictor_for
 from unetkit.inference import Predictor
+from unetkit.inference.restore import LUMINANCE_NOTE, to_dtype
 from unetkit.instances import instances_from_foreground
 from unetkit.models import PlainFCN
 from unetkit.serve import BoundedQueue, Limits, QueueFull, ServeOptions, create_app
@@ -304,3 +306,105 @@ def test_three_class_run_serves_dataset_masks_and_separates_touching_objects(tmp
     assert set(np.unique(mask)) == {0, 255} and (mask == 255).sum() == 24 * 48
     result = post(client, encode(image), query="?instances=true").json()
     assert result["count"] == 2 and {o["class"] for o in result["objects"]} == {"foreground"}
+
+
+# ------------------------------------------------------------------ restoration models: POST /restore
+def restore_post(client: TestClient, data: bytes, name: str = "image.png", query: str = ""):
+    return client.post(f"/restore{query}", files={"file": (name, data, "image/png")})
+
+
+def test_restore_returns_the_library_image(tmp_path):
+    run = make_restoration_run(tmp_path / "run")
+    client = client_for(run)
+    info = client.get("/model").json()
+    assert (info["task"], info["scale"], info["route"]) == ("restoration", 1, "/restore")
+    assert info["classes"] is None and info["num_classes"] is None and info["out_channels"] == 1
+    data, pixels = cells_png(shape=(48, 64))
+    response = restore_post(client, data)
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert "x-unetkit-note" not in response.headers
+    assert response.headers["content-disposition"] == 'attachment; filename="restored.png"'
+    restored = Image.open(io.BytesIO(response.content))
+    assert restored.mode == "L" and restored.size == (64, 48)
+    expected = to_dtype(Predictor.from_run(run, device="cpu").restore(pixels), np.uint8)
+    np.testing.assert_array_equal(np.asarray(restored)[None], expected)
+    assert (expected != pixels).mean() > 0.1
+    assert restore_post(client, data, query="?tta=true").status_code == 200
+
+
+def test_restore_keeps_16_bit_and_float_uploads(tmp_path):
+    run = make_restoration_run(tmp_path / "run")
+    client = client_for(run)
+    predictor = Predictor.from_run(run, device="cpu")
+    deep = (np.random.default_rng(0).random((40, 50)) * 60000).astype(np.uint16)
+    response = restore_post(client, encode(deep))
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    restored = Image.open(io.BytesIO(response.content))
+    assert restored.mode == "I;16" and np.asarray(restored).dtype == np.uint16
+    np.testing.assert_array_equal(np.asarray(restored), to_dtype(predictor.restore(deep), np.uint16)[0])
+    floats = np.random.default_rng(1).random((24, 30)).astype(np.float32)
+    response = restore_post(client, encode(floats, format="TIFF"), name="image.tif")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/tiff"
+    restored = tifffile.imread(io.BytesIO(response.content))
+    assert restored.dtype == np.float32 and restored.shape == (24, 30)
+    np.testing.assert_allclose(restored, predictor.restore(floats)[0], atol=1e-6)
+
+
+def test_rgb_upload_to_a_grey_model_goes_through_the_luminance(tmp_path):
+    run = make_restoration_run(tmp_path / "run")
+    rgb = (np.random.default_rng(3).random((40, 48, 3)) * 255).astype(np.uint8)
+    response = restore_post(client_for(run), encode(rgb))
+    assert response.status_code == 200 and response.headers["x-unetkit-note"] == LUMINANCE_NOTE
+    restored = Image.open(io.BytesIO(response.content))
+    assert restored.mode == "RGB" and restored.size == (48, 40)
+    expected = to_dtype(Predictor.from_run(run, device="cpu").restore(np.moveaxis(rgb, -1, 0)), np.uint8)
+    np.testing.assert_array_equal(np.moveaxis(np.asarray(restored), -1, 0), expected)
+
+
+def test_super_resolution_answers_scale_times_larger(tmp_path):
+    run = make_restoration_run(tmp_path / "run", scale=2)
+    client = client_for(run)
+    assert client.get("/model").json()["scale"] == 2
+    data, pixels = cells_png(shape=(30, 40))
+    restored = Image.open(io.BytesIO(restore_post(client, data).content))
+    assert restored.size == (80, 60)
+    expected = to_dtype(Predictor.from_run(run, device="cpu").restore(pixels), np.uint8)
+    np.testing.assert_array_equal(np.asarray(restored)[None], expected)
+    exported = export_run(run, "onnx", tmp_path / "sr.onnx")  # the exported file serves the same
+    onnx_client = TestClient(create_app(predictor_for(exported, "onnxruntime", device="cpu"),
+                                        ServeOptions(backend="onnxruntime")))
+    info = onnx_client.get("/model").json()
+    assert (info["task"], info["scale"], info["backend"]) == ("restoration", 2, "onnxruntime")
+    from_onnx = np.asarray(Image.open(io.BytesIO(restore_post(onnx_client, data).content)))
+    assert from_onnx.shape == (60, 80) and np.abs(from_onnx.astype(int) - expected[0]).max() <= 1
+
+
+def test_routes_of_the_other_task_answer_400(client, tmp_path):
+    data, _ = cells_png(shape=(32, 32))
+    response = restore_post(client, data)  # a segmentation model
+    assert response.status_code == 400 and "POST /predict" in response.json()["detail"]
+    assert client.get("/model").json()["task"] == "segmentation"
+    restoring = client_for(make_restoration_run(tmp_path / "run"))
+    for query in ("", "?instances=true"):
+        response = post(restoring, data, query=query)
+        assert response.status_code == 400 and "POST /restore" in response.json()["detail"]
+    assert restoring.get("/health").json()["queue"]["pending"] == 0
+    assert restoring.get("/").status_code == 200
+    assert "fetch(`/restore?" in restoring.get("/static/app.js").text
+
+
+def test_restore_limits_apply_to_the_upload_and_the_output(tmp_path):
+    run = make_restoration_run(tmp_path / "run", scale=2)
+    client = client_for(run, limits=Limits(max_pixels=5000, max_side=100))
+    assert restore_post(client, encode(np.full((30, 40), 9, np.uint8))).status_code == 200  # 4,800 out
+    response = restore_post(client, encode(np.full((40, 50), 9, np.uint8)))  # 2,000 in, 8,000 out
+    assert response.status_code == 413
+    assert "x2 super-resolution would be 100 x 80 (8,000 pixels)" in response.json()["detail"]
+    response = restore_post(client, encode(np.full((10, 60), 9, np.uint8)))  # 120 px wide out
+    assert response.status_code == 413 and "50 per side" in response.json()["detail"]
+    response = restore_post(client, png_header_only(90, 90))  # the upload itself is over the limit
+    assert response.status_code == 413 and "8,100 pixels" in response.json()["detail"]
+    small_files = client_for(run, limits=Limits(max_bytes=4000))
+    noisy = encode((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
+    response = restore_post(small_files, noisy)
+    assert response.status_code == 413 and "over the server's limit" in response.json()["detail"]

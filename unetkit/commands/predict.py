@@ -248,7 +248,7 @@ def restore_files(args: argparse.Namespace, predictor, files: list[Path], failur
 
     misplaced = [flag for flag, given in (
         ("--instances", args.instances), ("--save-probabilities", args.save_probabilities),
-        ("--overlay", args.overlay), ("--channels", args.channels is not None),
+        ("--overlay", args.overlay),
     ) if given]
     if misplaced:
         print(f"error: {', '.join(misplaced)} do(es) not apply to a restoration run", file=sys.stderr)
@@ -275,7 +275,9 @@ def restore_files(args: argparse.Namespace, predictor, files: list[Path], failur
             skipped += 1
             continue
         try:
-            path, note = restore_file(predictor, src, out_dir, float_output=args.float)
+            path, note = restore_file(
+                predictor, src, out_dir, float_output=args.float, channels=args.channels
+            )
         except (DataError, ValueError, OSError) as exc:
             message = str(exc) if str(src) in str(exc) else f"{src}: {exc}"
             failures.append(message)

@@ -85,17 +85,19 @@ def save_restored(path: Path, image: np.ndarray) -> Path:
             from PIL import Image
 
             data = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
-            if data.dtype == np.uint16 and data.ndim == 2:
-                picture = Image.fromarray(data.astype(np.uint16), mode="I;16")
-            else:
-                picture = Image.fromarray(data.astype(np.uint8) if data.dtype != np.uint8 else data)
-            picture.save(tmp, format="PNG")
+            if not (data.dtype == np.uint16 and data.ndim == 2):  # 16-bit grey stays I;16
+                data = data.astype(np.uint8, copy=False)
+            Image.fromarray(data).save(tmp, format="PNG")
         else:
             import tifffile
 
-            data = image[0] if image.shape[0] == 1 else image
-            axes = {2: "YX", 3: "CYX" if image.shape[0] > 1 else "ZYX", 4: "CZYX"}[data.ndim]
-            tifffile.imwrite(tmp, data, metadata={"axes": axes}, compression="zlib")
+            if image.ndim == 3 and image.shape[0] == 3:  # colour: one RGB page
+                tifffile.imwrite(tmp, np.moveaxis(image, 0, -1), photometric="rgb", compression="zlib")
+            else:
+                data = image[0] if image.shape[0] == 1 else image
+                axes = {2: "YX", 3: "CYX" if image.shape[0] > 1 else "ZYX", 4: "CZYX"}[data.ndim]
+                tifffile.imwrite(tmp, data, metadata={"axes": axes}, photometric="minisblack",
+                                 planarconfig="separate" if data.ndim > 2 else None, compression="zlib")
     return path
 
 
@@ -144,16 +146,22 @@ def restore_file(
     *,
     float_output: bool = False,
     dst: Optional[Path] = None,
+    channels: Optional[str] = None,
 ) -> tuple[Path, Optional[str]]:
     """Restore the image file ``src`` into ``out_dir`` (see :func:`restored_path`) in the input's dtype
-    (``float_output``: float32 TIFF). Big 2D TIFFs are streamed (:func:`restore_streamed`). Returns the
-    path written and a note (e.g. the luminance route)."""
+    (``float_output``: float32 TIFF). ``channels``: ``"gray"`` or ``"rgb"`` converts the image first
+    (:func:`~unetkit.inference.files.convert_channels`). Big 2D TIFFs are streamed
+    (:func:`restore_streamed`). Returns the path written and a note (e.g. the luminance route)."""
+    from .files import convert_channels
+
     src = Path(src)
-    if predictor.normalize is not None and streams_restoration(predictor, src):
+    if channels is None and predictor.normalize is not None and streams_restoration(predictor, src):
         return restore_streamed(predictor, src, dst or Path(out_dir) / f"{stem_of(src)}.tif", float_output), (
             "streamed tile by tile (big TIFF)"
         )
     image = read_image(src)
+    if channels is not None:
+        image = convert_channels(image, channels).astype(image.dtype, copy=False)
     if image.ndim - 1 != predictor.dims:
         raise DataError(f"{src}: a {image.ndim - 1}D image but the model is {predictor.dims}D")
     note = LUMINANCE_NOTE if uses_luminance(predictor, image) else None

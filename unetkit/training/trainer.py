@@ -339,12 +339,15 @@ class Trainer:
         return metrics, scored
 
     def _is_better(self, value: float) -> bool:
+        """Whether ``value`` of the monitored metric beats the best so far (without validation images
+        the monitor is the training loss, which is minimised)."""
         best = self.progress.best_value
         if value != value:
             return False
         if best is None:
             return True
-        return value < best if monitor_mode(self.config.budget.monitor) == "min" else value > best
+        mode = monitor_mode(self.config.budget.monitor) if self.val_items else "min"
+        return value < best if mode == "min" else value > best
 
     def _save_best(self, scored: Sequence[Any]) -> None:
         save_model(self.evaluated_model, self.out)
@@ -461,7 +464,8 @@ class Trainer:
         save_state(self.out, self.model, self.optimizer, self.progress, self.average)
         self.log(
             f"finished ({self.progress.status}) after {self.progress.epoch} epochs, "
-            f"{self.progress.elapsed_s / 60:.1f} min; best {budget.monitor} "
+            f"{self.progress.elapsed_s / 60:.1f} min; "
+            f"best {budget.monitor if self.val_items else 'training loss'} "
             f"{self.progress.best_value if self.progress.best_value is not None else float('nan'):.4f} "
             f"at epoch {self.progress.best_epoch}; run folder {self.out}"
         )
