@@ -66,9 +66,10 @@ def bm3d_denoise(noisy: np.ndarray, sigma: float) -> np.ndarray:
     return np.stack([bm3d.bm3d(c.astype(np.float64) / 255.0, sigma_psd=sigma / 255.0) * 255.0 for c in noisy])
 
 
-def denoising(sigma: float, out: Path, run_bm3d: bool) -> dict[str, Any]:
-    """Noisy-input and BM3D scores on Set12 at ``sigma``, per image and mean."""
-    root = noisy_pairs(DATA / "set12", out / f"set12_sigma{sigma:g}", sigma)
+def denoising(sigma: float, out: Path, run_bm3d: bool, clean: Path, name: str) -> dict[str, Any]:
+    """Noisy-input and BM3D scores on the clean images ``clean`` (pairs ``out/<name>_sigma<S>``) at
+    ``sigma``, per image and mean."""
+    root = noisy_pairs(clean, out / f"{name}_sigma{sigma:g}", sigma)
     per_image = []
     for target in list_images(root / "targets"):
         clean = read_uint8(target)
@@ -89,9 +90,10 @@ def denoising(sigma: float, out: Path, run_bm3d: bool) -> dict[str, Any]:
             "per_image": per_image}
 
 
-def super_resolution(scale: int, out: Path) -> dict[str, Any]:
-    """Bicubic scores on Set14 at ``scale`` (Y channel, ``scale`` border pixels cropped)."""
-    root = sr_pairs(DATA / "set14", out / f"set14_x{scale}", scale)
+def super_resolution(scale: int, out: Path, hr: Path, name: str) -> dict[str, Any]:
+    """Bicubic scores on the images ``hr`` (pairs ``out/<name>_x<S>``) at ``scale`` (Y channel,
+    ``scale`` border pixels cropped)."""
+    root = sr_pairs(hr, out / f"{name}_x{scale}", scale)
     per_image = []
     for target in list_images(root / "targets"):
         hr = read_uint8(target)
@@ -103,7 +105,9 @@ def super_resolution(scale: int, out: Path) -> dict[str, Any]:
             "per_image": per_image}
 
 
-def table(denoise: list[dict[str, Any]], sr: list[dict[str, Any]]) -> str:
+def table(
+    denoise: list[dict[str, Any]], sr: list[dict[str, Any]], names: tuple[str, str] = ("Set12", "Set14")
+) -> str:
     lines = ["| task | set | level | method | PSNR (dB) | SSIM | s / image | README PSNR |",
              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
 
@@ -112,14 +116,14 @@ def table(denoise: list[dict[str, Any]], sr: list[dict[str, Any]]) -> str:
 
     for d in denoise:
         m, s = d["mean"], d["sigma"]
-        lines.append(f"| denoise | Set12 | sigma {s:g} | noisy input | {m['noisy_psnr']:.2f} | "
+        lines.append(f"| denoise | {names[0]} | sigma {s:g} | noisy input | {m['noisy_psnr']:.2f} | "
                      f"{m['noisy_ssim']:.4f} | | {ref(('denoise', s, 'noisy input'))} |")
         if "bm3d_psnr" in m:
-            lines.append(f"| denoise | Set12 | sigma {s:g} | BM3D | {m['bm3d_psnr']:.2f} | "
+            lines.append(f"| denoise | {names[0]} | sigma {s:g} | BM3D | {m['bm3d_psnr']:.2f} | "
                          f"{m['bm3d_ssim']:.4f} | {m['bm3d_seconds']:.1f} | |")
     for r in sr:
         m, s = r["mean"], r["scale"]
-        lines.append(f"| SR (Y, border {s}) | Set14 | x{s} | bicubic | {m['bicubic_psnr']:.2f} | "
+        lines.append(f"| SR (Y, border {s}) | {names[1]} | x{s} | bicubic | {m['bicubic_psnr']:.2f} | "
                      f"{m['bicubic_ssim']:.4f} | | {ref(('sr', s, 'bicubic'))} |")
     return "\n".join(lines)
 
@@ -131,21 +135,29 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads (BM3D itself is serial)")
     parser.add_argument("--out", type=Path, default=Path("bench_out/restoration"))
     parser.add_argument("--no-bm3d", action="store_true", help="skip BM3D (noisy-input scores only)")
+    parser.add_argument("--held-out", action="store_true",
+                        help="score the held-out BSD400 images (bench_restoration.py's bsd_test) instead of "
+                        "Set12/Set14; writes baselines_bsdtest.json")
     args = parser.parse_args()
     limit_threads(args.threads)
 
     start = time.perf_counter()
-    sr = [super_resolution(s, args.out) for s in args.scales]
-    denoise = [denoising(s, args.out, not args.no_bm3d) for s in args.sigmas]
+    if args.held_out:
+        test = args.out / "data" / "bsd_test"
+        sets, json_name = ((test, "bsdtest"), (test, "bsdtest")), "baselines_bsdtest.json"
+    else:
+        sets, json_name = ((DATA / "set12", "set12"), (DATA / "set14", "set14")), "baselines.json"
+    sr = [super_resolution(s, args.out, *sets[1]) for s in args.scales]
+    denoise = [denoising(s, args.out, not args.no_bm3d, *sets[0]) for s in args.sigmas]
     elapsed = time.perf_counter() - start
 
     readme = {f"{task}/{level}/{method}": v for (task, level, method), v in README_PSNR.items()}
     result = {"threads": args.threads, "cpu_count": os.cpu_count(), "python": platform.python_version(),
               "seconds": elapsed, "readme_psnr": readme, "denoising": denoise, "super_resolution": sr}
-    atomic_write_json(args.out / "baselines.json", result)
+    atomic_write_json(args.out / json_name, result)
     print(f"\n{args.threads} thread(s), {os.cpu_count()} CPUs, {elapsed:.0f} s in all; "
-          f"written {args.out / 'baselines.json'}\n")
-    print(table(denoise, sr))
+          f"written {args.out / json_name}\n")
+    print(table(denoise, sr, (sets[0][1], sets[1][1])))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ prediction time of a 4096 x 4096 image.
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_train_speed import batches_per_second
 
 from unetkit.config import TrainConfig, apply_overrides
 from unetkit.training.trainer import Trainer
@@ -60,15 +60,6 @@ def make_trainer(name: str, batches: int, out: Path) -> Trainer:
     trainer = Trainer(config, progress_bar=False, log=lambda _: None)
     trainer._setup()
     return trainer
-
-
-def batches_per_second(trainer: Trainer, batches: int, epoch: int) -> float:
-    it = iter(trainer._loader(epoch))
-    trainer._train_step(next(it), update=True)  # warm-up (caches, first allocation)
-    start = time.perf_counter()
-    for batch in itertools.islice(it, batches):
-        trainer._train_step(batch, update=True)
-    return batches / (time.perf_counter() - start)
 
 
 def main() -> int:

@@ -65,8 +65,13 @@ def time_setting(precision: str, workers: int, threads: int, batches: int, out: 
     })
     trainer = Trainer(config, progress_bar=False, log=lambda _: None)
     trainer._setup()
-    loader = trainer._loader(0)
-    it = iter(loader)
+    return batches_per_second(trainer, batches)
+
+
+def batches_per_second(trainer: Trainer, batches: int, epoch: int = 0) -> float:
+    """Batches per second of ``trainer``'s loop over ``batches`` batches of epoch ``epoch``, after one
+    untimed batch (caches, first allocations, worker start-up)."""
+    it = iter(trainer._loader(epoch))
     trainer._train_step(next(it), update=True)
     start = time.perf_counter()
     for batch in itertools.islice(it, batches):

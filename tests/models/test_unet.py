@@ -185,3 +185,39 @@ def test_torchscript_script_and_trace(up_mode, dims):
         traced = torch.jit.trace(model, x)
         torch.testing.assert_close(scripted(x), expected)
         torch.testing.assert_close(traced(x), expected)
+
+
+@pytest.mark.parametrize("space_to_depth", [1, 2])
+def test_residual_network_starts_as_the_identity_and_keeps_its_shape(space_to_depth):
+    net = UNet(3, 3, depth=2, base_channels=4, padding="same", residual=True, space_to_depth=space_to_depth)
+    x = torch.randn(2, 3, 16 * space_to_depth, 24 * space_to_depth)
+    assert torch.equal(net.eval()(x), x)  # the zero-initialised head: no correction yet
+    nn.init.normal_(net.head.weight)
+    assert net(x).shape == x.shape and not torch.equal(net(x), x)
+
+
+def test_valid_padding_residual_adds_the_centre_of_the_input():
+    net = UNet(1, 1, depth=2, base_channels=4, padding="valid", residual=True).eval()
+    x = torch.randn(1, 1, 44, 44)
+    out = net(x)
+    crop = (44 - out.shape[-1]) // 2
+    assert torch.equal(out, x[..., crop:crop + out.shape[-2], crop:crop + out.shape[-1]])
+
+
+def test_space_to_depth_runs_the_net_at_half_resolution():
+    net = UNet(1, 1, depth=2, base_channels=4, padding="same", residual=True, space_to_depth=2)
+    assert net.inc.block[0].in_channels == 4 and net.head.out_channels == 4
+    assert net.is_valid_input_size((16, 24)) and not net.is_valid_input_size((12, 24))  # multiples of 8
+    assert net.axis_min_input() == 8
+    scripted = torch.jit.script(net.eval())
+    x = torch.randn(1, 1, 32, 40)
+    assert torch.allclose(scripted(x), net(x))
+
+
+def test_residual_and_space_to_depth_are_refused_where_they_cannot_work():
+    with pytest.raises(ValueError, match="as many channels"):
+        UNet(1, 2, padding="same", residual=True)
+    with pytest.raises(ValueError, match="space_to_depth"):
+        UNet(1, 1, padding="valid", space_to_depth=2)
+    with pytest.raises(ValueError, match="space_to_depth"):
+        UNet(1, 1, dims=3, padding="same", space_to_depth=2)

@@ -18,9 +18,12 @@ def build_model(config: ModelConfig) -> nn.Module:
     )
     if config.architecture == "unet":
         return UNet(config.in_channels, config.num_classes, depth=config.depth,
-                    up_mode=config.up_mode, residual=config.residual, **common)
-    if config.residual:
-        raise ValueError(f"model.residual is a U-Net option; {config.architecture!r} has no residual form")
+                    up_mode=config.up_mode, residual=config.residual, space_to_depth=config.space_to_depth,
+                    **common)
+    if config.residual or config.space_to_depth != 1:
+        raise ValueError(
+            f"model.residual and model.space_to_depth are U-Net options; {config.architecture!r} has neither"
+        )
     if config.architecture == "encoder_decoder":
         return EncoderDecoder(config.in_channels, config.num_classes, depth=config.depth,
                               up_mode=config.up_mode, **common)

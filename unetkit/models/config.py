@@ -17,7 +17,8 @@ class ModelConfig:
     ``"plain_fcn"`` (no pooling; ``num_layers`` convs at full resolution).
     ``dropout`` is one rate or one rate per level, top to bottom. ``residual``: the network
     outputs its input plus the head's output (image-to-image learning of the correction, as DnCNN
-    and VDSR; needs as many outputs as inputs).
+    and VDSR; needs as many outputs as inputs). ``space_to_depth``: run the U-Net on pixel-unshuffled
+    images (2D same padding; see :class:`~unetkit.models.unet.UNet`).
     """
 
     architecture: str = "unet"
@@ -32,6 +33,7 @@ class ModelConfig:
     dropout: Union[float, tuple[float, ...]] = 0.0
     num_layers: int = 10
     residual: bool = False
+    space_to_depth: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

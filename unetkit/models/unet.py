@@ -51,6 +51,10 @@ class UNet(nn.Module, SizeRules):
         residual: add the input (centre-cropped for valid padding) to the head's output, so the
             network learns a correction of its input (restoration); needs ``num_classes ==
             in_channels``.
+        space_to_depth: 2D same-padding nets: run the U-Net on the image rearranged into
+            ``space_to_depth**2`` times the channels at ``1/space_to_depth`` of the resolution
+            (pixel unshuffle, as FFDNet) and rearrange the output back (pixel shuffle): about
+            ``space_to_depth**2`` times fewer operations per pixel. 1 = off.
 
     ``forward`` returns logits ``(N, num_classes, *out_spatial)``; the activation lives in
     :func:`unetkit.activation.logits_to_probabilities`.
@@ -72,6 +76,7 @@ class UNet(nn.Module, SizeRules):
         dropout: Dropout = 0.0,
         skip_connections: bool = True,
         residual: bool = False,
+        space_to_depth: int = 1,
     ) -> None:
         super().__init__()
         check_option("padding", padding, PADDINGS)
@@ -79,6 +84,10 @@ class UNet(nn.Module, SizeRules):
         check_option("norm", norm, NORMS)
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
+        if space_to_depth < 1 or (space_to_depth > 1 and (dims != 2 or padding != "same")):
+            raise ValueError(
+                f"space_to_depth {space_to_depth}: must be 1, or >= 2 for a 2D same-padding network"
+            )
         if residual and num_classes != in_channels:
             raise ValueError(
                 f"a residual network outputs as many channels as it takes ({in_channels}), got {num_classes}"
@@ -89,6 +98,7 @@ class UNet(nn.Module, SizeRules):
         self.up_mode = up_mode
         self.skip_connections = skip_connections
         self.residual = residual
+        self.space_to_depth = space_to_depth
         rates = per_level_dropout(dropout, depth)
         self._config = ModelConfig(
             architecture="unet" if skip_connections else "encoder_decoder",
@@ -102,10 +112,12 @@ class UNet(nn.Module, SizeRules):
             norm=norm,
             dropout=rates if len(set(rates)) > 1 else rates[0],
             residual=residual,
+            space_to_depth=space_to_depth,
         )
         channels = [base_channels * 2**level for level in range(depth + 1)]
         common = dict(dims=dims, padding=padding, norm=norm)
-        self.inc = ConvBlock(in_channels, channels[0], dropout=rates[0], **common)
+        packed = space_to_depth**dims
+        self.inc = ConvBlock(in_channels * packed, channels[0], dropout=rates[0], **common)
         self.downs = nn.ModuleList(
             Down(
                 channels[level - 1],
@@ -127,7 +139,7 @@ class UNet(nn.Module, SizeRules):
             )
             for level in reversed(range(depth))
         )
-        self.head = conv_nd(dims)(channels[0], num_classes, 1)
+        self.head = conv_nd(dims)(channels[0], num_classes * packed, 1)
         init_he_normal(self)
         if residual:  # start as the identity: the correction is learnt from zero
             nn.init.zeros_(self.head.weight)
@@ -169,7 +181,7 @@ class UNet(nn.Module, SizeRules):
 
     def axis_output_size(self, size: int) -> Optional[int]:
         if self.padding == "same":
-            return size if size > 0 and size % 2**self.depth == 0 else None
+            return size if size > 0 and size % (2**self.depth * self.space_to_depth) == 0 else None
         for _ in range(self.depth):
             size -= 4
             if size < 2 or size % 2:
@@ -185,11 +197,12 @@ class UNet(nn.Module, SizeRules):
         return size
 
     def axis_min_input(self) -> int:
-        return 2**self.depth if self.padding == "same" else 1
+        return 2**self.depth * self.space_to_depth if self.padding == "same" else 1
 
     def size_rule(self) -> str:
         if self.padding == "same":
-            return f"Same-padding nets need every size divisible by 2**depth = {2**self.depth}."
+            multiple = 2**self.depth * self.space_to_depth
+            return f"Same-padding nets need every size divisible by 2**depth * space_to_depth = {multiple}."
         return (
             "Valid-padding nets need every 2x2 max-pool to get an even size: "
             f"sizes {self.valid_input_sizes(1, 300)[:4]}... (step {2**self.depth})."
@@ -211,6 +224,8 @@ class UNet(nn.Module, SizeRules):
         if not torch.jit.is_scripting() and not torch.jit.is_tracing():
             self._check_input(x)
         image = x
+        if self.space_to_depth > 1:
+            x = nn.functional.pixel_unshuffle(x, self.space_to_depth)
         x = self.inc(x)
         skips = [x]
         indices: list[torch.Tensor] = []
@@ -221,6 +236,8 @@ class UNet(nn.Module, SizeRules):
         for level, up in enumerate(self.ups):
             x = up(x, skips[-level - 2], indices[-level - 1])
         out = self.head(x)
+        if self.space_to_depth > 1:
+            out = nn.functional.pixel_shuffle(out, self.space_to_depth)
         if self.residual:
             out = out + center_crop(image, list(out.shape[2:]))
         return out
