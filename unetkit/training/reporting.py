@@ -72,15 +72,23 @@ def save_curves(history: Sequence[dict[str, Any]], path: Path, metrics: Sequence
     ax_loss.set_ylabel("loss")
     ax_loss.set_yscale("log")
     ax_loss.legend()
+    ax_db = None
     for name in metrics:
         values = [h.get(name, math.nan) for h in history]
         if any(isinstance(v, (int, float)) and not math.isnan(v) for v in values):
-            ax_metric.plot(epochs, values, marker=".", label=f"val {name}")
+            if name == "psnr":  # decibels: their own axis, beside the 0-1 scores
+                ax_db = ax_db or ax_metric.twinx()
+                ax_db.plot(epochs, values, marker=".", color="tab:red", label="val psnr (dB, right)")
+                ax_db.set_ylabel("PSNR (dB)")
+            else:
+                ax_metric.plot(epochs, values, marker=".", label=f"val {name}")
     ax_metric.set_xlabel("epoch")
-    ax_metric.set_ylim(0, 1)
+    if all(0.0 <= v <= 1.0 for line in ax_metric.lines for v in line.get_ydata() if v == v):
+        ax_metric.set_ylim(0, 1)
     ax_metric.grid(alpha=0.3)
-    if ax_metric.lines:
-        ax_metric.legend()
+    lines = ax_metric.lines + (ax_db.lines if ax_db is not None else [])
+    if lines:
+        ax_metric.legend(lines, [line.get_label() for line in lines], loc="lower right")
     else:
         ax_metric.set_title("no validation set")
     fig.tight_layout()
