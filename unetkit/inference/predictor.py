@@ -150,7 +150,8 @@ class Predictor:
 
             kwargs["classes"] = ClassInfo.from_dict(_read_json(classes_path))
         config_path = run_dir / CONFIG_FILE
-        data = _read_json(config_path).get("data", {}) if config_path.is_file() else {}
+        config = _read_json(config_path) if config_path.is_file() else {}
+        data = config.get("data", {})
         if kwargs.get("normalize") is None and data.get("normalize") is not None:
             from ..data.normalize import NormalizeConfig
 
@@ -159,7 +160,6 @@ class Predictor:
             kwargs["object_diameter"] = data.get("object_diameter")
         if kwargs.get("target") is None:
             kwargs["target"] = data.get("target")
-        config = _read_json(config_path) if config_path.is_file() else {}
         if kwargs.get("task") is None:
             kwargs["task"] = config.get("task")
         if kwargs.get("scale") is None and kwargs["task"] == "restoration":

@@ -90,6 +90,15 @@ class Task(ABC):
         return self.name
 
 
+def check_dims(config: TrainConfig, data: TaskData) -> None:
+    """Raise ``ValueError`` when the images' dimensionality differs from ``model.dims``."""
+    if config.model.dims != data.dims:
+        raise ValueError(
+            f"the images of {config.data.train} are {data.dims}D but model.dims is {config.model.dims}: "
+            f"set --model.dims {data.dims}"
+        )
+
+
 def patches_per_epoch(config: TrainConfig, pixels: int, patch: Sequence[int]) -> int:
     """``data.patches_per_epoch``, or enough batches to cover ``pixels`` training pixels about once."""
     cfg = config.data

@@ -34,7 +34,7 @@ from ..data.pairs import (
 from ..data.restoration_patches import RestorationPatchDataset
 from ..data.samples import split_samples
 from ..restoration_metrics import psnr, restoration_scores
-from .base import LossFn, Task, TaskData, patches_per_epoch
+from .base import LossFn, Task, TaskData, check_dims, patches_per_epoch
 
 #: Metrics a restoration run validates with (``val_loss`` only when there are no clean targets).
 RESTORATION_METRICS = ("psnr", "ssim", "psnr_input", "val_loss")
@@ -109,11 +109,7 @@ class RestorationTask(Task):
 
     def resolve_config(self, config: TrainConfig, data: TaskData) -> TrainConfig:
         """As many outputs as inputs; the scale of the pairs; a restoration metric to monitor."""
-        if config.model.dims != data.dims:
-            raise ValueError(
-                f"the images of {config.data.train} are {data.dims}D but model.dims is {config.model.dims}: "
-                f"set --model.dims {data.dims}"
-            )
+        check_dims(config, data)
         if data.scale > 1 and data.dims != 2:
             raise ValueError("super-resolution takes 2D images")
         model = dataclasses.replace(config.model, in_channels=data.in_channels, num_classes=data.in_channels)

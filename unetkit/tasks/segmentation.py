@@ -22,7 +22,7 @@ from ..data.patches import PatchDataset
 from ..data.samples import find_samples, load_sample, split_samples
 from ..data.weights import BorderWeightConfig
 from ..losses import SegmentationLoss
-from .base import LossFn, Task, TaskData, patches_per_epoch
+from .base import LossFn, Task, TaskData, check_dims, patches_per_epoch
 
 CLASSES_FILE = "classes.json"
 
@@ -61,11 +61,7 @@ class SegmentationTask(Task):
         model = config.model
         n_classes = 3 if config.data.target == "three_class" else data.classes.num_classes
         out = model.num_classes if (n_classes == 2 and model.num_classes in (1, 2)) else n_classes
-        if model.dims != data.dims:
-            raise ValueError(
-                f"the images of {config.data.train} are {data.dims}D but model.dims is {model.dims}: "
-                f"set --model.dims {data.dims}"
-            )
+        check_dims(config, data)
         return dataclasses.replace(
             config, model=dataclasses.replace(model, in_channels=data.in_channels, num_classes=out)
         )
