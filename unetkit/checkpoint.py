@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .models import ModelConfig, build_model
+from .models import build_model, model_config_from_dict
 from .utils.atomic import atomic_path, atomic_write_json
 
 WEIGHTS_FILE = "model.safetensors"
@@ -43,7 +43,7 @@ def load_model(directory: Union[str, Path], map_location: Union[str, torch.devic
                 "(written by unetkit.checkpoint.save_model or unetkit train)"
             )
     try:
-        config = ModelConfig.from_dict(json.loads(config_path.read_text()))
+        config = model_config_from_dict(json.loads(config_path.read_text()))
     except (json.JSONDecodeError, TypeError, ValueError) as exc:
         raise ValueError(f"{config_path} is not a valid model config: {exc}") from exc
     model = build_model(config)

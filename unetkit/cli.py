@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "unetkit.commands.serve",
     "unetkit.commands.train",
     "unetkit.commands.evaluate",
+    "unetkit.commands.generate",
     "unetkit.commands.plan",
 )
 

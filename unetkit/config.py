@@ -26,6 +26,7 @@ from .data.restoration_patches import RESTORATION_MODES
 from .data.transforms import AugmentConfig
 from .losses import LOSSES, LossConfig
 from .models import ModelConfig
+from .models.diffusion import DiffusionUNetConfig
 from .utils.atomic import atomic_write_text
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -36,8 +37,12 @@ PRECISIONS = ("auto", "fp32", "bf16")
 LOWER_IS_BETTER = ("loss", "val_loss", "pixel_error", "rand_error", "hd95", "mse", "mae")
 PRESETS = ("auto", "paper", "tutorial")
 #: What a run learns (:mod:`unetkit.tasks`): the seam between the shared trainer and the task.
-TASKS = ("segmentation", "restoration")
+TASKS = ("segmentation", "restoration", "generation")
 RESTORATION_LOSSES = ("l1", "l2")
+#: What a generation run is conditioned on (``None``: the classes of the subfolders, if any).
+CONDITIONS = ("class", "low_res", "mask", "none")
+NOISE_SCHEDULES = ("cosine", "linear")
+PREDICTIONS = ("eps", "v")
 
 
 @dataclass
@@ -94,6 +99,40 @@ class RestorationConfig:
     blind_spot_radius: int = 2
     blind_spot_mode: str = "uniform"
     data_range: Optional[float] = None
+
+
+@dataclass
+class GenerationConfig:
+    """What a generation run (``task = "generation"``, a diffusion model) learns and how.
+
+    ``condition``: ``"class"`` (one subfolder of DATA per class; the names become the classes),
+    ``"none"`` (unconditional), ``"low_res"`` (SR3: the image downscaled by ``scale``, upscaled
+    again and concatenated to the noisy input: a super-resolution stage of a cascade) or ``"mask"``
+    (DATA with ``images/`` + ``masks/``: images generated for a label mask); ``None`` picks
+    ``"class"`` when DATA has class subfolders, ``"none"`` otherwise. ``schedule``: the noise
+    schedule (``"cosine"`` or ``"linear"``) over ``timesteps`` steps; ``prediction``: what the
+    network predicts, the noise (``"eps"``) or ``"v"``. ``label_dropout``: fraction of training
+    images whose class is replaced by "no class", which classifier-free guidance needs.
+    ``condition_noise``: conditioning augmentation of a low-resolution condition (Gaussian noise
+    of a level drawn uniformly from [0, condition_noise] on the [-1, 1] scale; the level is an
+    input of the network and chosen again at sampling). ``intensity``: the data's (low, high)
+    intensities mapped to [-1, 1] (``None``: 0-255 for 8-bit images, 0-65535 for 16-bit, the
+    training images' range for float images; recorded in ``config.json``). ``classes``: the class
+    names (the subfolders; recorded in ``config.json``). ``sample_steps``: DDIM
+    steps of the grid drawn after each epoch. ``network``: the diffusion U-Net.
+    """
+
+    condition: Optional[str] = None
+    scale: int = 4
+    schedule: str = "cosine"
+    timesteps: int = 1000
+    prediction: str = "eps"
+    label_dropout: float = 0.1
+    condition_noise: float = 0.2
+    intensity: Optional[tuple[float, float]] = None
+    classes: Optional[list[str]] = None
+    sample_steps: int = 50
+    network: DiffusionUNetConfig = field(default_factory=DiffusionUNetConfig)
 
 
 @dataclass
@@ -155,8 +194,8 @@ class TrainConfig:
     ``precision``: ``"auto"`` trains in bfloat16 mixed precision where the hardware computes it
     natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), float16 with loss scaling on older
     GPUs, float32 elsewhere; ``"fp32"`` always float32; ``"bf16"`` bfloat16 even when emulated;
-    ``task``: what the run learns (``"segmentation"`` or ``"restoration"``, see :mod:`unetkit.tasks`;
-    ``restoration`` holds the restoration task's settings);
+    ``task``: what the run learns (``"segmentation"``, ``"restoration"`` or ``"generation"``, see
+    :mod:`unetkit.tasks`; ``restoration`` and ``generation`` hold those tasks' settings);
     ``threads``: CPU threads for PyTorch (``None`` = all cores); ``num_samples``: validation
     images drawn as overlays in ``RUN/samples/``; ``tensorboard``: also log to TensorBoard when
     it is installed.
@@ -165,6 +204,7 @@ class TrainConfig:
     task: str = "segmentation"
     data: DataConfig = field(default_factory=DataConfig)
     restoration: RestorationConfig = field(default_factory=RestorationConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
     model: ModelConfig = field(
         default_factory=lambda: ModelConfig(
             depth=4, base_channels=16, padding="same", norm="batch", num_classes=1
@@ -193,7 +233,8 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Check the choices that are strings; raises ``ValueError`` naming the field and the options."""
-        losses = RESTORATION_LOSSES if self.task == "restoration" else LOSSES
+        # A diffusion model's loss is fixed (the mean squared error of its prediction).
+        losses = {"restoration": RESTORATION_LOSSES, "generation": (self.loss.name,)}.get(self.task, LOSSES)
         checks = [
             ("task", self.task, TASKS),
             ("optim.name", self.optim.name, OPTIMIZERS),
@@ -202,6 +243,9 @@ class TrainConfig:
             ("data.target", self.data.target, TARGETS),
             ("restoration.mode", self.restoration.mode, RESTORATION_MODES),
             ("restoration.blind_spot_mode", self.restoration.blind_spot_mode, BLIND_SPOT_MODES),
+            ("generation.condition", self.generation.condition or "none", CONDITIONS),
+            ("generation.schedule", self.generation.schedule, NOISE_SCHEDULES),
+            ("generation.prediction", self.generation.prediction, PREDICTIONS),
             ("device", self.device, DEVICES),
             ("precision", self.precision, PRECISIONS),
         ]
@@ -216,12 +260,28 @@ class TrainConfig:
             ("budget.val_every", self.budget.val_every),
             ("restoration.scale", self.restoration.scale),
             ("restoration.blind_spot_radius", self.restoration.blind_spot_radius),
+            ("generation.scale", self.generation.scale),
+            ("generation.timesteps", self.generation.timesteps),
+            ("generation.sample_steps", self.generation.sample_steps),
         ]
         for name, value in positive:
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.data.patches_per_epoch is not None and self.data.patches_per_epoch < self.data.batch_size:
+            raise ValueError(
+                f"data.patches_per_epoch {self.data.patches_per_epoch} is less than one batch "
+                f"(data.batch_size {self.data.batch_size}): raise it or lower the batch size"
+            )
         if not 0.0 <= self.data.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in [0, 1), got {self.data.val_fraction}")
+        if not 0.0 <= self.generation.label_dropout < 1.0:
+            raise ValueError(
+                f"generation.label_dropout must be in [0, 1), got {self.generation.label_dropout}"
+            )
+        if not 0.0 <= self.generation.condition_noise <= 1.0:
+            raise ValueError(
+                f"generation.condition_noise must be in [0, 1], got {self.generation.condition_noise}"
+            )
         if not 0.0 < self.restoration.blind_spot_fraction < 1.0:
             raise ValueError(
                 "restoration.blind_spot_fraction must be in (0, 1), "

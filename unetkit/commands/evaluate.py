@@ -16,6 +16,8 @@ from pathlib import Path
 from ..data.io import DataError
 
 SHOWN = (
+    "accuracy", "real_accuracy", "frechet", "frechet_floor", "nn_distance", "nn_distance_real", "copies",
+    "psnr_bicubic", "consistency_psnr", "dice_generated", "dice_real", "seconds_per_sample",
     "psnr", "ssim", "psnr_input", "val_loss",
     "dice", "iou", "mean_iou", "precision", "recall", "pixel_error", "rand_error", "hd95",
     "ap_50", "dsb_score", "f1_50", "aji", "panoptic_quality",
@@ -44,6 +46,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also score objects (AP@0.5, DSB score, F1@0.5, AJI, PQ) against instances/")
     parser.add_argument("--instance-method", choices=("watershed", "components"), default="watershed",
                         help="how a binary run's foreground becomes objects (3-class runs use their border)")
+    gen = parser.add_argument_group("generation runs (diffusion)")
+    gen.add_argument("--n", type=int, help="samples to score (default: as many as held-out real images)")
+    gen.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    gen.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="default ddim")
+    gen.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance (default 3)")
+    gen.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
+    gen.add_argument("--segmenter", metavar="RUN",
+                     help="mask-to-image runs: a segmentation run that segments the generated images")
     parser.set_defaults(func=run)
 
 
@@ -64,11 +74,16 @@ def run(args: argparse.Namespace) -> int:
             progress=True,
             instance_config=InstanceConfig(method=args.instance_method) if args.instances else None,
             noise=args.noise,
+            generation=dict(n=args.n, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
+                            seed=args.seed, segmenter=args.segmenter),
         )
     except (DataError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{summary['num_images']} images scored:")
+    if "num_images" in summary:
+        print(f"{summary['num_images']} images scored:")
+    else:
+        print(f"{summary['n_samples']} samples scored against {summary['n_held_out']} held-out real images:")
     for key in SHOWN:
         if key in summary:
             print(f"  {key:12s} {summary[key]:.4f}")

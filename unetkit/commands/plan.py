@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..data.io import DataError
-from .train import CLI_TASKS, restoration_options
+from .train import CLI_CONDITIONS, CLI_TASKS, generation_options, restoration_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--noise", help="denoise: the noise, as for `unetkit train`")
     parser.add_argument("--scale", type=int, help="super-resolve: the scale, as for `unetkit train`")
     parser.add_argument("--self-supervised", action="store_true", help="denoise: Noise2Void")
+    parser.add_argument("--condition", choices=CLI_CONDITIONS, help="generate: as for `unetkit train`")
     parser.add_argument(
         "--no-timing", action="store_true", help="skip timing a training step (epochs unplanned)"
     )
@@ -29,12 +30,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import save_config
+    from ..training.generation_plan import plan_generation
     from ..training.planner import plan_training
     from ..training.restoration_plan import plan_restoration
 
     try:
         restoration = restoration_options(args)
-        if restoration is not None:
+        generation = generation_options(args)
+        if generation is not None:
+            plan = plan_generation(args.data, generation, val_dir=args.val, max_minutes=args.max_minutes)
+        elif restoration is not None:
             plan = plan_restoration(
                 args.data, restoration, val_dir=args.val, max_minutes=args.max_minutes,
                 measure=not args.no_timing,

@@ -15,6 +15,7 @@ from typing import Optional
 
 from ..config import (
     PRESETS,
+    GenerationConfig,
     RestorationConfig,
     TrainConfig,
     apply_overrides,
@@ -27,8 +28,10 @@ from ..config import (
 from ..data.io import DataError
 from ..losses import LossConfig
 
-#: ``--task`` words: segmentation, or a restoration mode.
-CLI_TASKS = ("segment", "restore", "denoise", "super-resolve")
+#: ``--task`` words: segmentation, a restoration mode, or generation.
+CLI_TASKS = ("segment", "restore", "denoise", "super-resolve", "generate")
+#: ``--condition`` words of ``--task generate`` (the config's ``generation.condition``).
+CLI_CONDITIONS = ("class", "none", "low-res", "mask")
 
 #: Fields a resumed run may change (the rest would break the schedule it continues).
 RESUMABLE_FIELDS = (
@@ -73,11 +76,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--task", choices=CLI_TASKS, default="segment",
         help="what the network learns: segment (masks, default); restore (DATA/inputs -> DATA/targets "
         "pairs); denoise (clean images + --noise, or noisy images with --self-supervised); super-resolve "
-        "(clean images, bicubic-downscaled by --scale)",
+        "(clean images, bicubic-downscaled by --scale); generate (a diffusion model: DATA/*.png, or one "
+        "subfolder per class; see --condition)",
+    )
+    parser.add_argument(
+        "--condition", choices=CLI_CONDITIONS,
+        help="generate: what samples are conditioned on: class (one subfolder per class; the default when "
+        "DATA has them), none, low-res (a super-resolution stage of a cascade, with --scale) or mask "
+        "(DATA/images + DATA/masks: images for a given label mask)",
     )
     parser.add_argument("--noise", help="denoise: the noise added to clean images, e.g. gaussian:25, "
                         "gaussian:0-55 (blind), poisson:30, poisson-gaussian:30,10 (default gaussian:25)")
-    parser.add_argument("--scale", type=int, help="super-resolve: 2, 3 or 4 (default 2)")
+    parser.add_argument("--scale", type=int, help="super-resolve: 2, 3 or 4 (default 2); "
+                        "generate --condition low-res: the stage's scale (default 4)")
     parser.add_argument("--self-supervised", action="store_true",
                         help="denoise: Noise2Void, from noisy images alone (no clean targets)")
     parser.add_argument("--config", help="config file (JSON or YAML, may be partial)")
@@ -107,7 +118,9 @@ def restoration_options(args: argparse.Namespace) -> Optional[RestorationConfig]
     misplaced = [
         name for name, given, allowed in (
             ("--noise", args.noise is not None, task == "denoise" and not args.self_supervised),
-            ("--scale", args.scale is not None, task in ("super-resolve", "restore")),
+            ("--scale", args.scale is not None, task in ("super-resolve", "restore") or (
+                task == "generate" and getattr(args, "condition", None) == "low-res")),
+            ("--condition", getattr(args, "condition", None) is not None, task == "generate"),
             ("--self-supervised", args.self_supervised, task == "denoise"),
         ) if given and not allowed
     ]
@@ -130,17 +143,37 @@ def restoration_options(args: argparse.Namespace) -> Optional[RestorationConfig]
     return RestorationConfig(mode="pairs", scale=args.scale or 1)
 
 
+def generation_options(args: argparse.Namespace) -> Optional[GenerationConfig]:
+    """The generation settings ``--task generate``, ``--condition`` and ``--scale`` ask for."""
+    if getattr(args, "task", "segment") != "generate":
+        return None
+    condition = args.condition.replace("-", "_") if args.condition else None
+    scale = GenerationConfig.scale if args.scale is None else args.scale
+    if condition == "low_res" and scale < 2:
+        raise ValueError(f"--scale must be 2 or more for a super-resolution stage, got {scale}")
+    return GenerationConfig(condition=condition, scale=scale)
+
+
 def resolve_config(args: argparse.Namespace, overrides: dict[str, str]) -> TrainConfig:
     """The config the options describe (the plan is computed for ``--preset auto``)."""
     # --target or --data.target: the plan depends on it
     target = (args.target or overrides.get("data.target", "semantic")).replace("-", "_")
     restoration = restoration_options(args)
-    if restoration is not None and args.target:
-        raise ValueError("--target is a segmentation option; it does not apply to restoration")
+    generation = generation_options(args)
+    if (restoration or generation) is not None and args.target:
+        raise ValueError(f"--target is a segmentation option; it does not apply to --task {args.task}")
+    if generation is not None and args.preset != "auto":
+        raise ValueError("--preset paper/tutorial describe segmentation U-Nets; --task generate is planned")
     if args.preset == "auto":
         if not args.data:
             raise ValueError("give the training dataset folder: unetkit train DATA --out RUN")
-        if restoration is not None:
+        if generation is not None:
+            from ..training.generation_plan import plan_generation
+
+            config = plan_generation(
+                args.data, generation, val_dir=args.val, max_minutes=args.max_minutes
+            ).config
+        elif restoration is not None:
             from ..training.restoration_plan import plan_restoration
 
             config = plan_restoration(

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any, Union
+
 from torch import nn
 
 from .baselines import EncoderDecoder, PlainFCN
 from .blocks import ConvBlock, Down, Up
 from .config import ARCHITECTURES, ModelConfig
+from .diffusion import DiffusionUNet, DiffusionUNetConfig
 from .unet import UNet
 
+AnyModelConfig = Union[ModelConfig, DiffusionUNetConfig]
 
-def build_model(config: ModelConfig) -> nn.Module:
-    """Build the network a :class:`ModelConfig` describes (the inverse of ``model.config``)."""
+
+def model_config_from_dict(data: dict[str, Any]) -> AnyModelConfig:
+    """The config in a ``model.json``: the diffusion U-Net's, or the U-Net family's."""
+    if data.get("architecture") == "diffusion_unet":
+        return DiffusionUNetConfig.from_dict(data)
+    return ModelConfig.from_dict(data)
+
+
+def build_model(config: AnyModelConfig) -> nn.Module:
+    """Build the network a config describes (the inverse of ``model.config``)."""
+    if isinstance(config, DiffusionUNetConfig):
+        return DiffusionUNet(config)
     common = dict(
         dims=config.dims, base_channels=config.base_channels, padding=config.padding,
         norm=config.norm, dropout=config.dropout,
@@ -34,6 +48,6 @@ def build_model(config: ModelConfig) -> nn.Module:
 
 
 __all__ = [
-    "ARCHITECTURES", "ConvBlock", "Down", "EncoderDecoder", "ModelConfig", "PlainFCN", "UNet",
-    "Up", "build_model",
+    "ARCHITECTURES", "AnyModelConfig", "ConvBlock", "DiffusionUNet", "DiffusionUNetConfig", "Down",
+    "EncoderDecoder", "ModelConfig", "PlainFCN", "UNet", "Up", "build_model", "model_config_from_dict",
 ]

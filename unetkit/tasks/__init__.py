@@ -2,7 +2,8 @@
 
 * :mod:`.segmentation`: pixels to classes (semantic; objects through the three-class target);
 * :mod:`.restoration`: images to images (paired restoration, denoising, Noise2Void,
-  super-resolution).
+  super-resolution);
+* :mod:`.generation`: noise to images (a diffusion U-Net; class-, low-resolution- or mask-conditioned).
 
 :class:`~.base.Task` is the seam; :func:`get_task` maps ``TrainConfig.task`` to its task.
 """
@@ -13,7 +14,7 @@ from .base import Task, TaskData
 
 
 def get_task(name: str) -> Task:
-    """The :class:`Task` for ``TrainConfig.task`` (``"segmentation"`` or ``"restoration"``)."""
+    """The :class:`Task` for ``TrainConfig.task`` (one of :data:`unetkit.config.TASKS`)."""
     if name == "segmentation":
         from .segmentation import SegmentationTask
 
@@ -22,6 +23,10 @@ def get_task(name: str) -> Task:
         from .restoration import RestorationTask
 
         return RestorationTask()
+    if name == "generation":
+        from .generation import GenerationTask
+
+        return GenerationTask()
     from ..config import TASKS
 
     raise ValueError(f"task must be one of {', '.join(TASKS)}; got {name!r}")

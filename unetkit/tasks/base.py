@@ -20,8 +20,19 @@ from torch.utils.data import Dataset
 
 from ..config import TrainConfig
 
-#: ``loss(network output (N, K, *S), batch on the device) -> scalar``.
-LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+#: ``loss(network, batch on the device) -> scalar``: the task decides how the network is called
+#: (an image-to-image task on ``batch["image"]``; a diffusion model on a noised image and a time step).
+LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+
+
+def output_loss(loss: Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]) -> LossFn:
+    """The :data:`LossFn` of a task whose network maps ``batch["image"]`` to the output ``(N, K, *S)``
+    that ``loss(output, batch)`` scores."""
+
+    def run(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return loss(model(batch["image"]), batch)
+
+    return run
 
 
 @dataclass
@@ -29,7 +40,9 @@ class TaskData:
     """A run's checked training and validation items (task-specific records), and the image geometry.
 
     ``classes`` is the segmentation task's ``ClassInfo`` (``None`` for tasks without classes);
-    ``scale`` the restoration task's output pixels per input pixel (from its pairs or config).
+    ``scale`` the restoration task's output pixels per input pixel (from its pairs or config);
+    ``settings`` what else a task reads from the data for :meth:`Task.resolve_config` (generation:
+    its ``GenerationConfig`` with the class names and intensity range).
     """
 
     train: list[Any]
@@ -39,6 +52,7 @@ class TaskData:
     classes: Any = None
     scale: int = 1
     notes: list[str] = field(default_factory=list)
+    settings: Any = None
 
 
 class Task(ABC):
@@ -56,6 +70,12 @@ class Task(ABC):
     @abstractmethod
     def resolve_config(self, config: TrainConfig, data: TaskData) -> TrainConfig:
         """Fit the network's input and output channels (and anything else) to the data."""
+
+    def build_model(self, config: TrainConfig) -> nn.Module:
+        """The network ``config`` describes (the U-Net family of ``config.model``)."""
+        from ..models import build_model
+
+        return build_model(config.model)
 
     @abstractmethod
     def build_loss(self, config: TrainConfig, data: TaskData) -> LossFn:
@@ -81,9 +101,20 @@ class Task(ABC):
     def save_samples(self, folder: Path, scored: Sequence[Any], data: TaskData, limit: int) -> None:
         """Pictures of the first ``limit`` validation results, for a person to look at."""
 
+    def end_epoch(  # noqa: B027 (an optional hook: most tasks write nothing more)
+        self, model: nn.Module, config: TrainConfig, data: TaskData, out: Path, epoch: int
+    ) -> None:
+        """Anything the task writes after every epoch (``model``: the evaluated network; ``epoch``
+        counts from 1)."""
+
     def run_files(self, data: TaskData) -> dict[str, dict]:
         """Extra JSON files of the RUN folder (name -> content), e.g. the classes."""
         return {}
+
+    def describe_network(self, config: TrainConfig) -> str:
+        """The network in a few words, for the training summary line."""
+        m = config.model
+        return f"{m.architecture} depth {m.depth} width {m.base_channels}"
 
     def describe(self, config: TrainConfig) -> str:
         """A few words for the training summary line."""

@@ -34,7 +34,7 @@ from ..data.pairs import (
 from ..data.restoration_patches import RestorationPatchDataset
 from ..data.samples import split_samples
 from ..restoration_metrics import psnr, restoration_scores
-from .base import LossFn, Task, TaskData, check_dims, patches_per_epoch
+from .base import LossFn, Task, TaskData, check_dims, output_loss, patches_per_epoch
 
 #: Metrics a restoration run validates with (``val_loss`` only when there are no clean targets).
 RESTORATION_METRICS = ("psnr", "ssim", "psnr_input", "val_loss")
@@ -132,7 +132,7 @@ class RestorationTask(Task):
             mask = mask.unsqueeze(1)
             return (error * mask).sum() / (mask.sum() * error.shape[1]).clamp_min(1.0)
 
-        return restoration_loss
+        return output_loss(restoration_loss)
 
     def build_dataset(self, config: TrainConfig, data: TaskData, model: nn.Module) -> RestorationPatchDataset:
         r = config.restoration

@@ -22,7 +22,7 @@ from ..data.patches import PatchDataset
 from ..data.samples import find_samples, load_sample, split_samples
 from ..data.weights import BorderWeightConfig
 from ..losses import SegmentationLoss
-from .base import LossFn, Task, TaskData, check_dims, patches_per_epoch
+from .base import LossFn, Task, TaskData, check_dims, output_loss, patches_per_epoch
 
 CLASSES_FILE = "classes.json"
 
@@ -72,7 +72,7 @@ class SegmentationTask(Task):
         def segmentation_loss(output: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
             return loss(output, batch["mask"], batch.get("weight"))
 
-        return segmentation_loss
+        return output_loss(segmentation_loss)
 
     def build_dataset(self, config: TrainConfig, data: TaskData, model: nn.Module) -> PatchDataset:
         cfg = config.data

@@ -212,8 +212,13 @@ def evaluate_run(
     progress: bool = False,
     instance_config: Any = None,
     noise: Optional[str] = None,
+    generation: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """Score a RUN's best model on a dataset folder and write the report (see :func:`write_report`).
+
+    A generation run draws samples and scores them instead
+    (:func:`~unetkit.tasks.generation_eval.evaluate_generation`, with the ``generation`` options:
+    ``n``, ``steps``, ``sampler``, ``guidance``, ``seed``, ``segmenter``).
 
     A restoration run is scored by PSNR/SSIM instead
     (:func:`~unetkit.tasks.restoration.evaluate_restoration`; ``noise`` replaces the noise of a
@@ -230,6 +235,10 @@ def evaluate_run(
     from .run import Run
 
     run = Run.load(run_dir)
+    if run.task == "generation":
+        from ..tasks.generation_eval import evaluate_generation
+
+        return evaluate_generation(run, data_dir, out_dir, progress=progress, **(generation or {}))
     if run.task == "restoration":
         from ..tasks.restoration import evaluate_restoration
 

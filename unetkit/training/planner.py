@@ -121,23 +121,35 @@ class Plan:
     def format(self) -> str:
         c = self.config
         task = ""
-        if c.task == "restoration":
+        if c.task != "segmentation":
             from ..tasks import get_task
 
             task = f"  task      {get_task(c.task).describe(c)}"
+        model = (
+            f"  model     {c.model.architecture}, depth {c.model.depth}, base width {c.model.base_channels}, "
+            f"{c.model.padding} padding, {c.model.norm} norm, {c.model.num_classes} output channel(s)"
+        )
+        if c.task == "generation":
+            n = c.generation.network
+            widths = ", ".join(str(n.base_channels * m) for m in n.channel_mults)
+            model = (
+                f"  model     diffusion U-Net, widths {widths}, {n.num_res_blocks} residual blocks per "
+                f"level, attention at levels {list(n.attention_levels)}"
+            )
         lines = [
             f"dataset: {self.fingerprint.describe()}",
             f"machine: {self.machine.describe()}",
             "",
             "plan:",
             *([task] if task else []),
-            f"  model     {c.model.architecture}, depth {c.model.depth}, base width {c.model.base_channels}, "
-            f"{c.model.padding} padding, {c.model.norm} norm, {c.model.num_classes} output channel(s)",
+            model,
             f"  patches   {c.data.patch_size} px, batch {c.data.batch_size}, "
             f"{c.data.patches_per_epoch} patches per epoch"
             + (f", objects resized to {c.data.object_diameter:g} px" if c.data.object_diameter else ""),
-            f"  normalise {c.data.normalize.mode}",
-            f"  loss      {c.loss.name}",
+            f"  normalise {c.data.normalize.mode}" if c.task != "generation" else
+            "  normalise the data's intensity range to [-1, 1]",
+            f"  loss      {c.loss.name}" if c.task != "generation" else
+            f"  loss      mean squared error of the {c.generation.prediction} prediction",
             f"  optimiser {c.optim.name} lr {c.optim.lr:g}, {c.schedule.name} schedule, "
             + (f"weight average {c.optim.ema:g}, " if c.optim.ema else "")
             + f"{c.schedule.warmup_steps} warm-up steps",

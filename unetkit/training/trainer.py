@@ -24,7 +24,6 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import save_model
 from ..config import TrainConfig, monitor_mode, save_config
-from ..models import build_model
 from ..tasks import get_task
 from ..utils.atomic import atomic_write_json
 from .averaging import WeightAverage
@@ -128,7 +127,7 @@ class Trainer:
         for note in self.data.notes:
             self.log(note)
         self.config = self.task.resolve_config(self.config, self.data)
-        self.model = (self.custom_model or build_model(self.config.model)).to(self.device)
+        self.model = (self.custom_model or self.task.build_model(self.config)).to(self.device)
         if self.custom_model is not None:  # config.json then describes the network really trained
             self.config = dataclasses.replace(self.config, model=self.custom_model.config)
         if self.config.model.dims == 2:  # faster convolutions on CUDA and on the CPU (oneDNN)
@@ -198,11 +197,10 @@ class Trainer:
 
     def _train_step(self, batch: dict[str, torch.Tensor], update: bool) -> torch.Tensor:
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        image = batch["image"]
-        if image.dim() == 4:
-            image = image.contiguous(memory_format=torch.channels_last)
+        if batch["image"].dim() == 4:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp_dtype):
-            loss = self.loss_fn(self.model(image), batch)
+            loss = self.loss_fn(self.model, batch)
         self.scaler.scale(loss / self.config.optim.accumulate).backward()
         if update:
             clip = self.config.optim.grad_clip
@@ -389,6 +387,7 @@ class Trainer:
         self.progress.elapsed_s = self._elapsed(started)
         row["elapsed_s"] = self.progress.elapsed_s
         self.progress.history.append(row)
+        self.task.end_epoch(self.evaluated_model, self.config, self.data, self.out, epoch + 1)
         self._write_run_files()
         if self.tensorboard is not None:
             for key, value in row.items():
@@ -475,10 +474,9 @@ class Trainer:
         return Run(self.out, self.config, self.data.classes, self.progress.history, self.progress.status)
 
     def _summary_line(self) -> str:
-        m = self.config.model
         n_params = sum(p.numel() for p in self.model.parameters())
         return (
-            f"training {m.architecture} depth {m.depth} width {m.base_channels} ({n_params:,} parameters) "
+            f"training {self.task.describe_network(self.config)} ({n_params:,} parameters) "
             f"for {self.task.describe(self.config)} "
             f"on {len(self.data.train)} images, validating on {len(self.data.val)}; "
             f"{self.steps_per_epoch} steps "
