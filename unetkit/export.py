@@ -17,6 +17,11 @@ the 31 M-parameter paper net in 2-5 s on two CPU cores).
 
 :func:`load_backend` gives an object the :class:`~unetkit.inference.Predictor` takes in place
 of a PyTorch network: it maps a float tensor batch to logits and answers the size rules.
+
+A generation (diffusion) run exports its denoiser (:func:`export_diffusion_run`): one network call
+``(noisy, timestep[, class_label][, condition_vector][, condition_image][, noise_level]) ->
+prediction`` (the noise or ``v``); the sampling loop around it (schedule, DDIM/DDPM, classifier-free
+guidance, the intensity range) is described in its contract (:func:`build_diffusion_contract`).
 """
 
 from __future__ import annotations
@@ -228,8 +233,6 @@ def _example_input(model: nn.Module) -> torch.Tensor:
 
 def onnx_bytes(model: nn.Module, contract: dict[str, Any]) -> bytes:
     """Serialise ``model`` (eval, CPU) to ONNX with dynamic axes and ``contract`` in ``metadata_props``."""
-    import onnx
-
     model = model.cpu().eval()
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -242,7 +245,15 @@ def onnx_bytes(model: nn.Module, contract: dict[str, Any]) -> bytes:
             input_names=[INPUT_NAME], output_names=[_output_name(contract)],
             dynamic_axes=_dynamic_axes(model.config.dims, _output_name(contract)),
         )
-    proto = onnx.load_from_string(buffer.getvalue())
+    return _onnx_with_contract(buffer.getvalue(), contract)
+
+
+def _onnx_with_contract(data: bytes, contract: dict[str, Any]) -> bytes:
+    """The ONNX model ``data`` with unetkit as producer and ``contract`` in ``metadata_props``
+    (one key per section, its value as JSON)."""
+    import onnx
+
+    proto = onnx.load_from_string(data)
     proto.producer_name = "unetkit"
     proto.producer_version = __version__
     del proto.metadata_props[:]
@@ -299,10 +310,13 @@ def export_run(run_dir: PathLike, fmt: str, out: Optional[PathLike] = None) -> P
     """Export the best model of a RUN folder, with its task, classes, normalisation (and for
     super-resolution the scale) in the contract.
 
-    ``out`` defaults to ``RUN/model.onnx`` or ``RUN/model.torchscript.pt``.
+    ``out`` defaults to ``RUN/model.onnx`` or ``RUN/model.torchscript.pt``. A generation run
+    (``config.json`` task ``"generation"``) exports its denoiser, see :func:`export_diffusion_run`.
     """
     from .inference import Predictor
 
+    if _run_task(run_dir) == "generation":
+        return export_diffusion_run(run_dir, fmt, out)
     predictor = Predictor.from_run(run_dir, device="cpu")
     target = Path(out) if out is not None else Path(run_dir) / f"model{SUFFIXES.get(fmt, '')}"
     return export_model(
@@ -310,6 +324,287 @@ def export_run(run_dir: PathLike, fmt: str, out: Optional[PathLike] = None) -> P
         object_diameter=predictor.object_diameter, target=predictor.target, task=predictor.task,
         scale=predictor.scale,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation (diffusion) runs: the denoiser with a fixed positional signature.
+
+#: The inputs a denoiser graph can take, in order, and the ``DiffusionUNet.forward`` argument each feeds.
+DIFFUSION_INPUTS = (
+    ("noisy", "x"),
+    ("timestep", "t"),
+    ("class_label", "y"),
+    ("condition_vector", "cond"),
+    ("condition_image", "cond_image"),
+    ("noise_level", "noise_level"),
+)
+PREDICTION_NAME = "prediction"  # the output of a denoiser graph
+DIFFUSION_CONTRACT_VERSION = 1
+RUN_CONFIG_FILE = "config.json"
+MASK_CLASSES_FILE = "classes.json"
+
+
+def _run_task(run_dir: PathLike) -> str:
+    """The ``task`` in ``RUN/config.json`` (``"segmentation"`` when the file or the field is missing)."""
+    path = Path(run_dir) / RUN_CONFIG_FILE
+    if not path.is_file():
+        return "segmentation"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not readable JSON: {exc}") from exc
+    return str(data.get("task") or "segmentation") if isinstance(data, dict) else "segmentation"
+
+
+def diffusion_input_names(model: nn.Module) -> list[str]:
+    """The graph inputs of a ``DiffusionUNet``, in order: ``noisy``, ``timestep`` and those of its
+    ``class_label`` (``num_classes > 0``), ``condition_vector`` (``cond_dim > 0``), ``condition_image``
+    (``cond_channels > 0``) and ``noise_level`` (``noise_level_input``) that exist."""
+    config = model.config
+    present = {
+        "class_label": config.num_classes > 0,
+        "condition_vector": config.cond_dim > 0,
+        "condition_image": config.cond_channels > 0,
+        "noise_level": bool(config.noise_level_input),
+    }
+    return [name for name, _ in DIFFUSION_INPUTS if present.get(name, True)]
+
+
+class DiffusionExportWrapper(nn.Module):
+    """A ``DiffusionUNet`` behind the positional signature of :func:`diffusion_input_names`.
+
+    ``forward(noisy, timestep, *extra)``: ``extra`` holds the optional inputs that exist, in order;
+    ``timestep`` may be float (fractions allowed) or integer and is cast to float32, ``class_label``
+    to int64, the rest to float32. Returns the network's prediction ``(N, C, *S)``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.input_names = diffusion_input_names(model)
+        self._arguments = dict(DIFFUSION_INPUTS)
+
+    def forward(self, noisy: torch.Tensor, timestep: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        kwargs: dict[str, torch.Tensor] = {}
+        for name, value in zip(self.input_names[2:], extra):
+            kwargs[self._arguments[name]] = value.long() if name == "class_label" else value.float()
+        return self.model(noisy.float(), timestep.float(), **kwargs)
+
+
+def _diffusion_example_inputs(model: nn.Module, batch: int = 2) -> tuple[torch.Tensor, ...]:
+    """Trace inputs: ``batch`` images of side ``2 * size_multiple`` (at least 16, a multiple of it)."""
+    config = model.config
+    multiple = model.size_multiple
+    side = max(2 * multiple, -(-16 // multiple) * multiple)
+    spatial = (side,) * config.dims
+    examples = {
+        "noisy": torch.zeros((batch, config.in_channels) + spatial),
+        "timestep": torch.full((batch,), 10.0),
+        "class_label": torch.zeros((batch,), dtype=torch.long),
+        "condition_vector": torch.zeros((batch, config.cond_dim)),
+        "condition_image": torch.zeros((batch, config.cond_channels) + spatial),
+        "noise_level": torch.zeros((batch,)),
+    }
+    return tuple(examples[name] for name in diffusion_input_names(model))
+
+
+def _diffusion_dynamic_axes(names: list[str], dims: int) -> dict[str, dict[int, str]]:
+    """Batch axes of every input; the spatial axes of the images and the prediction (all one size)."""
+    spatial = {i + 2: n for i, n in enumerate(["depth", "height", "width"][-dims:])}
+    axes: dict[str, dict[int, str]] = {name: {0: "batch"} for name in names}
+    for name in ("noisy", "condition_image"):
+        if name in axes:
+            axes[name] = {0: "batch", **spatial}
+    axes[PREDICTION_NAME] = {0: "batch", **spatial}
+    return axes
+
+
+def _diffusion_input_details(
+    model: nn.Module, generation: Any, names: list[str]
+) -> dict[str, dict[str, str]]:
+    """What to feed each input of a denoiser graph (shape, dtype, meaning)."""
+    config = model.config
+    spatial = "D, H, W" if config.dims == 3 else "H, W"
+    null = config.num_classes
+    condition_image = {
+        "low_res": f"the low-resolution image on the [-1, 1] scale, bicubic-downscaled by {generation.scale} "
+        "and upscaled back to the sample's size (SR3); at sampling, optionally plus Gaussian noise of the "
+        "level given as noise_level",
+        "mask": "the label mask as one-hot classes (1 where the pixel has class k, else 0), classes as in "
+        "mask_classes",
+    }.get(generation.condition or "none", "the conditioning image")
+    multiple, last = model.size_multiple, generation.timesteps - 1
+    details = {
+        "noisy": {"shape": f"(N, {config.in_channels}, {spatial})", "dtype": "float32",
+                  "meaning": f"x_t, the noisy sample; every spatial size a multiple of {multiple}"},
+        "timestep": {"shape": "(N,)", "dtype": "float32",
+                     "meaning": f"the step index t of the training schedule, 0 .. {last}"},
+        "class_label": {"shape": "(N,)", "dtype": "int64",
+                        "meaning": f"the class index 0 .. {null - 1}; {null} = no class (unconditional)"},
+        "condition_vector": {"shape": f"(N, {config.cond_dim})", "dtype": "float32",
+                             "meaning": "the conditioning vector; zeros = unconditional"},
+        "condition_image": {"shape": f"(N, {config.cond_channels}, {spatial})", "dtype": "float32",
+                            "meaning": condition_image},
+        "noise_level": {"shape": "(N,)", "dtype": "float32",
+                        "meaning": "the conditioning-augmentation noise level in [0, 1] (standard deviation "
+                        "of the Gaussian noise added to condition_image, on the [-1, 1] scale); 0 = none"},
+    }
+    return {name: details[name] for name in names}
+
+
+def _sampling_text(
+    kind: str, timesteps: int, prediction: str, null_class: Optional[int], has_vector: bool
+) -> str:
+    """How to draw samples with the exported denoiser (schedule, DDIM / DDPM, guidance)."""
+    if kind == "linear":
+        low, high = 1e-4 * 1000 / timesteps, 0.02 * 1000 / timesteps
+        betas = f"beta_t = linspace({low:g}, {high:g}, T) clipped at 0.999"
+    else:
+        betas = (
+            "beta_t = min(1 - f(t + 1) / f(t), 0.999) with f(u) = cos((u / T + 0.008) / 1.008 * pi / 2) ** 2"
+        )
+    if prediction == "v":
+        invert = "x0 = sqrt(ab_t) x_t - sqrt(1 - ab_t) out, eps = sqrt(1 - ab_t) x_t + sqrt(ab_t) out"
+    else:
+        invert = "eps = out, x0 = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t)"
+    dropped = ([f"class_label = {null_class} (no class)"] if null_class is not None else []) + (
+        ["condition_vector = zeros"] if has_vector else []
+    )
+    if dropped:
+        guidance = (
+            "Classifier-free guidance with scale g: out = uncond + g * (cond - uncond), cond = the graph "
+            f"with the condition, uncond = the same call with {' and '.join(dropped)} (condition_image and "
+            "noise_level unchanged); g = 1 is the plain conditional model, g = 0 the unconditional one. "
+        )
+    else:
+        guidance = (
+            "Classifier-free guidance (out = uncond + g * (cond - uncond)) does not apply: the network has "
+            "no class or vector input to drop. "
+        )
+    return (
+        f"Schedule ({kind}, T = {timesteps}): {betas} for t = 0 .. T - 1, ab_t = prod_(s <= t) (1 - beta_s); "
+        "noising is x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps. "
+        "Start from x ~ N(0, I) of shape (N, C, *S). Pick K steps t_k = floor(k * (T - 1) / (K - 1) + 0.5), "
+        "k = 0 .. K - 1 (K = T: every step) and go from the last to the first: out = the graph at (x, t_k); "
+        f"{invert} (x_t: the current x); clip x0 to [-1, 1] and recompute "
+        "eps = (x_t - sqrt(ab_t) x0) / sqrt(1 - ab_t). "
+        "DDIM (deterministic, eta = 0): x = sqrt(ab_prev) x0 + sqrt(1 - ab_prev) eps with ab_prev = ab at "
+        "t_(k-1) (1 after the first step t_0). DDPM: ancestral sampling on the schedule respaced to the "
+        "K steps (beta'_k = 1 - ab_(t_k) / ab_(t_(k-1))): x = mean + sqrt(var) z (no noise at k = 0), "
+        "mean = beta'_k sqrt(ab_prev) / (1 - ab_t) x0 + (1 - ab_prev) sqrt(1 - beta'_k) / (1 - ab_t) x_t, "
+        f"var = beta'_k (1 - ab_prev) / (1 - ab_t). {guidance}"
+        "The result x0 is in [-1, 1]; map it to the data with intensity."
+    )
+
+
+def build_diffusion_contract(
+    model: nn.Module, generation: Any, mask_classes: Optional[dict[str, Any]] = None
+) -> dict[str, Any]:
+    """The contract of an exported denoiser as a JSON-able dict.
+
+    Args:
+        model: a :class:`~unetkit.models.diffusion.DiffusionUNet`.
+        generation: the run's ``GenerationConfig`` (condition, scale, schedule, timesteps,
+            prediction, intensity, classes).
+        mask_classes: a mask-conditioned run's ``classes.json`` content, or ``None``.
+    """
+    config = model.config
+    names = diffusion_input_names(model)
+    classes = list(generation.classes) if generation.classes else None
+    null_class = config.num_classes if config.num_classes > 0 else None
+    intensity = [float(v) for v in generation.intensity] if generation.intensity is not None else None
+    return {
+        "unetkit_version": __version__,
+        "contract_version": DIFFUSION_CONTRACT_VERSION,
+        "task": "generation",
+        "model": config.to_dict(),
+        "inputs": names,
+        "input_details": _diffusion_input_details(model, generation, names),
+        "output": PREDICTION_NAME,
+        "prediction": generation.prediction,
+        "schedule": {"kind": generation.schedule, "timesteps": int(generation.timesteps)},
+        "condition": generation.condition or "none",
+        "scale": int(generation.scale),
+        "classes": classes,
+        "null_class": null_class,
+        "intensity": intensity,
+        "intensity_rule": "data = (x + 1) / 2 * (high - low) + low for a sample x in [-1, 1]; "
+        "images given as conditions map the other way",
+        "image_channels": int(config.in_channels),
+        "dims": int(config.dims),
+        "size_multiple": int(model.size_multiple),
+        "mask_classes": mask_classes,
+        "sampling": _sampling_text(generation.schedule, int(generation.timesteps), generation.prediction,
+                                   null_class, config.cond_dim > 0),
+    }
+
+
+def diffusion_onnx_bytes(model: nn.Module, contract: dict[str, Any]) -> bytes:
+    """Serialise a ``DiffusionUNet`` (eval, CPU) as an ONNX denoiser with dynamic batch and spatial axes."""
+    wrapper = DiffusionExportWrapper(model.cpu().eval()).eval()
+    names = wrapper.input_names
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            wrapper, _diffusion_example_inputs(model), buffer, dynamo=False, opset_version=ONNX_OPSET,
+            input_names=names, output_names=[PREDICTION_NAME],
+            dynamic_axes=_diffusion_dynamic_axes(names, model.config.dims),
+        )
+    return _onnx_with_contract(buffer.getvalue(), contract)
+
+
+def diffusion_torchscript_bytes(model: nn.Module, contract: dict[str, Any]) -> bytes:
+    """Serialise a ``DiffusionUNet`` with ``torch.jit.trace`` (its forward has no value branches; the
+    input checks are skipped while tracing), the contract as an extra file."""
+    wrapper = DiffusionExportWrapper(model.cpu().eval()).eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with torch.no_grad():
+            traced = torch.jit.trace(wrapper, _diffusion_example_inputs(model), check_trace=False)
+        torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_EXTRA_FILE: json.dumps(contract)})
+    return buffer.getvalue()
+
+
+def export_diffusion_run(run_dir: PathLike, fmt: str, out: Optional[PathLike] = None) -> Path:
+    """Export the denoiser of a generation RUN folder as ``fmt`` (``"onnx"``/``"torchscript"``).
+
+    The graph takes the inputs of :func:`diffusion_input_names` positionally and outputs
+    ``prediction`` (the noise or ``v``); the contract (:func:`build_diffusion_contract`) goes into the
+    file and into ``out.json``. ``out`` defaults to ``RUN/model.onnx`` or ``RUN/model.torchscript.pt``.
+    Both files are written atomically; returns ``out``.
+    """
+    from .checkpoint import load_model
+    from .config import TrainConfig
+    from .models.diffusion import DiffusionUNet
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    run_dir = Path(run_dir)
+    config_path = run_dir / RUN_CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: {run_dir} is not a RUN folder of `unetkit train`")
+    config = TrainConfig.from_dict(json.loads(config_path.read_text()))
+    if config.task != "generation":
+        raise ValueError(f"{run_dir} is a {config.task} run, not a generation run")
+    model = load_model(run_dir)
+    if not isinstance(model, DiffusionUNet):
+        raise ValueError(f"{run_dir}: the model of a generation run must be a diffusion U-Net, "
+                         f"got {type(model).__name__}")
+    mask_path = run_dir / MASK_CLASSES_FILE
+    mask_classes = json.loads(mask_path.read_text()) if mask_path.is_file() else None
+    contract = build_diffusion_contract(model, config.generation, mask_classes)
+    if fmt == "onnx":
+        data = diffusion_onnx_bytes(model, contract)
+    else:
+        data = diffusion_torchscript_bytes(model, contract)
+    target = Path(out) if out is not None else run_dir / f"model{SUFFIXES[fmt]}"
+    atomic_write_bytes(target, data)
+    atomic_write_json(sidecar_path(target), contract)
+    return target
 
 
 def read_contract(path: PathLike) -> dict[str, Any]:
@@ -436,6 +731,14 @@ def _onnx_session(model: Union[bytes, str]) -> Any:
     return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
+def _refuse_generation(source: Path) -> None:
+    raise ValueError(
+        f"{source} holds a generation (diffusion) network, which the Predictor does not run; draw "
+        "samples with `unetkit generate`, or run the file written by `unetkit export` following its "
+        "contract's 'sampling'"
+    )
+
+
 def load_backend(kind: str, source: PathLike) -> Union[nn.Module, ExportedModel]:
     """A network for the :class:`~unetkit.inference.Predictor` run by ``kind`` (one of :data:`BACKENDS`).
 
@@ -448,6 +751,8 @@ def load_backend(kind: str, source: PathLike) -> Union[nn.Module, ExportedModel]
     if kind not in BACKENDS:
         raise ValueError(f"unknown backend {kind!r}; use one of {', '.join(BACKENDS)}")
     source = Path(source)
+    if source.is_dir() and _run_task(source) == "generation":
+        _refuse_generation(source)
     if kind == "torch":
         return load_model(source)
     if source.is_dir():
@@ -464,6 +769,8 @@ def load_backend(kind: str, source: PathLike) -> Union[nn.Module, ExportedModel]
             runner = _load_torchscript(io.BytesIO(torchscript_bytes(predictor.model, contract)))
         return ExportedModel(kind, source, contract, runner)
     contract = read_contract(source)
+    if contract.get("task") == "generation":
+        _refuse_generation(source)
     expected = ".onnx" if kind == "onnxruntime" else ".pt"
     if source.suffix != expected:
         raise ValueError(

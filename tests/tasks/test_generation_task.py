@@ -296,3 +296,10 @@ def test_a_tiny_model_learns_one_image(tmp_path):
     samples = np.stack(sampler.to_data(sampler.sample(8, steps=20, seed=1)))[:, 0].astype(float)
     error = np.abs(samples - image).mean(axis=(1, 2))
     assert error.max() < 20 and error.mean() < 10, error  # of 255; an untrained net is ~100 off
+
+
+def test_predict_and_serve_point_a_generation_run_to_generate(class_run, tmp_path, capsys):
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+    assert main(["predict", str(class_run), str(image), "--out", str(tmp_path / "out")]) == 2
+    assert "unetkit generate" in capsys.readouterr().err

@@ -141,6 +141,13 @@ class Predictor:
                 f"{run_dir} is not a folder: give the RUN folder written by `unetkit train` "
                 "(it holds model.json and model.safetensors)"
             )
+        config_path = run_dir / CONFIG_FILE
+        config = _read_json(config_path) if config_path.is_file() else {}
+        if config.get("task") == "generation":
+            raise ValueError(
+                f"{run_dir} is a generation run: it draws images from noise rather than predicting from "
+                f"an image; use `unetkit generate {run_dir} --out DIR` (Python: Run.load(...).sampler())"
+            )
         model = load_model(run_dir)
         if kwargs.get("device") is None:
             kwargs["device"] = default_device()
@@ -149,8 +156,6 @@ class Predictor:
             from ..data.classes import ClassInfo
 
             kwargs["classes"] = ClassInfo.from_dict(_read_json(classes_path))
-        config_path = run_dir / CONFIG_FILE
-        config = _read_json(config_path) if config_path.is_file() else {}
         data = config.get("data", {})
         if kwargs.get("normalize") is None and data.get("normalize") is not None:
             from ..data.normalize import NormalizeConfig

@@ -80,7 +80,7 @@ class Run:
 
     @property
     def task(self) -> str:
-        """What the run learned: ``"segmentation"`` or ``"restoration"``."""
+        """What the run learned: ``"segmentation"``, ``"restoration"`` or ``"generation"``."""
         return self.config.task
 
     @property
@@ -104,6 +104,12 @@ class Run:
         from ..inference import Predictor
 
         return Predictor.from_run(self.path, **kwargs)
+
+    def sampler(self, device: str = "auto"):
+        """A :class:`~unetkit.inference.generate.DiffusionSampler` for a generation run."""
+        from ..inference.generate import DiffusionSampler
+
+        return DiffusionSampler.from_run(self.path, device=device)
 
     def __repr__(self) -> str:
         best = self.best
