@@ -18,13 +18,7 @@ from unetkit.generation_metrics import (
     train_feature_classifier,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bars(n: int, seed: int, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:

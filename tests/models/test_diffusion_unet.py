@@ -18,12 +18,8 @@ from unetkit.models.diffusion import (
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _seeded(one_thread):
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(**kwargs) -> DiffusionUNetConfig:

@@ -9,6 +9,14 @@ from typing import Any, Optional, Union
 ARCHITECTURES = ("unet", "encoder_decoder", "plain_fcn")
 
 
+def check_fields(cls: type, data: dict[str, Any], what: str) -> None:
+    """Raise ``ValueError`` naming the keys of ``data`` that are not fields of the dataclass ``cls``."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} fields {unknown}; known fields: {sorted(known)}")
+
+
 @dataclass
 class ModelConfig:
     """Everything needed to rebuild a network with :func:`unetkit.models.build_model`.
@@ -43,10 +51,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model config fields {unknown}; known fields: {sorted(known)}")
+        check_fields(cls, data, "model config")
         values = dict(data)
         if isinstance(values.get("dropout"), list):
             values["dropout"] = tuple(values["dropout"])

@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .blocks import conv_nd
+from .config import check_fields
 
 ARCHITECTURE = "diffusion_unet"
 NOISE_LEVEL_SCALE = 1000.0
@@ -115,12 +116,7 @@ class DiffusionUNetConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiffusionUNetConfig:
         """The inverse of :meth:`to_dict` (lists become tuples); unknown keys raise ``ValueError``."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown diffusion U-Net config fields {unknown}; known fields: {sorted(known)}"
-            )
+        check_fields(cls, data, "diffusion U-Net config")
         values = dict(data)
         for key in ("channel_mults", "attention_levels"):
             if isinstance(values.get(key), list):
