@@ -303,3 +303,48 @@ def test_predict_and_serve_point_a_generation_run_to_generate(class_run, tmp_pat
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
     assert main(["predict", str(class_run), str(image), "--out", str(tmp_path / "out")]) == 2
     assert "unetkit generate" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------- evaluate
+def test_evaluate_scores_samples_against_the_held_out_split(class_run, tmp_path):
+    from unetkit.training.evaluation import evaluate_run
+
+    data = Path(json.loads((class_run / "config.json").read_text())["data"]["train"])
+    summary = evaluate_run(class_run, data, tmp_path / "report", generation=dict(n=6, steps=2, guidance=3.0))
+    assert summary["n_samples"] == 6 and summary["n_held_out"] == 2  # 20 % of 12 bars
+    for key in ("accuracy", "real_accuracy", "frechet", "frechet_floor", "nn_distance", "nn_distance_real"):
+        assert np.isfinite(summary[key]), key
+    assert 0 <= summary["accuracy"] <= 1 and summary["copies"] <= 6
+    assert (tmp_path / "report" / "samples.png").is_file() and (tmp_path / "report" / "report.md").is_file()
+    assert json.loads((tmp_path / "report" / "summary.json").read_text())["guidance"] == 3.0
+
+
+def test_evaluate_a_super_resolution_stage_on_pairs_and_a_mask_run_with_a_segmenter(tmp_path):
+    from unetkit.training.evaluation import evaluate_run
+
+    rng = np.random.default_rng(0)
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(hr / f"{i}.png")
+    sr = tmp_path / "sr"
+    assert train_cli(hr, sr, "--condition", "low-res", "--scale", "2", "--data.patch-size", "8") == 0
+    summary = evaluate_run(sr, hr, tmp_path / "sr_report", generation=dict(steps=2))
+    assert summary["num_images"] == 3 and summary["scale"] == 2
+    assert all(np.isfinite(summary[k]) for k in ("psnr", "psnr_bicubic", "consistency_psnr"))
+    assert len(list((tmp_path / "sr_report" / "crops").glob("*.png"))) == 3
+
+    data = masks_dataset(tmp_path / "masks_data")
+    run = tmp_path / "mask_run"
+    assert train_cli(data, run, "--condition", "mask", "--data.patch-size", "8") == 0
+    segmenter = tmp_path / "seg"
+    assert main([
+        "train", str(data), "--out", str(segmenter), "--preset", "tutorial", "--data.patch-size", "16",
+        "--data.batch-size", "2", "--budget.epochs", "1", "--model.depth", "2", "--model.base-channels", "4",
+        "--model.dropout", "0",
+        "--threads", "1", "--no-progress",
+    ]) == 0
+    summary = evaluate_run(run, data, tmp_path / "mask_report", generation=dict(steps=2, segmenter=segmenter))
+    assert summary["num_images"] == 4
+    assert 0 <= summary["dice_generated"] <= 1 and 0 <= summary["dice_real"] <= 1
+    assert len(list((tmp_path / "mask_report" / "samples").glob("*.png"))) == 4

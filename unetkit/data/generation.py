@@ -146,6 +146,30 @@ def read_images(items: Sequence[GenerationItem]) -> list[np.ndarray]:
     return [read_image(item.image) for item in items]
 
 
+def generation_item(
+    image: np.ndarray, mask: Optional[np.ndarray], label: Optional[int], *, condition: str, scale: int,
+    num_classes: int,
+) -> dict[str, torch.Tensor]:
+    """One training item from a crop ``(C, *P)`` in [-1, 1] (and its one-hot mask ``(K, *P)``): the
+    image, its class (``num_classes`` = none) and the condition image the run is conditioned on."""
+    cond = low_res_condition(np.ascontiguousarray(image), scale) if condition == "low_res" else mask
+    out = {
+        "image": torch.from_numpy(np.ascontiguousarray(image)),
+        "label": torch.tensor(num_classes if label is None else label),
+    }
+    if cond is not None and condition in ("low_res", "mask"):
+        out["cond_image"] = torch.from_numpy(np.ascontiguousarray(cond, dtype=np.float32))
+    return out
+
+
+def centre_crop(image: LoadedImage, size: int) -> LoadedImage:
+    """The centred ``size`` crop of a loaded image (and of its mask)."""
+    spatial = image.image.shape[1:]
+    window = (slice(None), *(slice((s - size) // 2, (s - size) // 2 + size) for s in spatial))
+    mask = image.mask[window] if image.mask is not None else None
+    return LoadedImage(image.name, np.ascontiguousarray(image.image[window]), image.label, mask)
+
+
 class GenerationPatchDataset(Dataset):
     """Random ``patch_size`` crops of the loaded images, drawn anew each epoch (``set_epoch``).
 
@@ -202,10 +226,6 @@ class GenerationPatchDataset(Dataset):
             if axes:
                 image = np.flip(image, axes)
                 cond = np.flip(cond, axes) if cond is not None else None
-        if self.condition == "low_res":
-            cond = low_res_condition(np.ascontiguousarray(image), self.scale)
-        label = self.num_classes if item.label is None else item.label
-        out = {"image": torch.from_numpy(np.ascontiguousarray(image)), "label": torch.tensor(label)}
-        if cond is not None:
-            out["cond_image"] = torch.from_numpy(np.ascontiguousarray(cond, dtype=np.float32))
-        return out
+        return generation_item(
+            image, cond, item.label, condition=self.condition, scale=self.scale, num_classes=self.num_classes
+        )

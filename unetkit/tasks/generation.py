@@ -28,7 +28,9 @@ from ..data.generation import (
     GenerationItem,
     GenerationPatchDataset,
     LoadedImage,
+    centre_crop,
     find_generation_images,
+    generation_item,
     intensity_range,
     load_generation_item,
     read_images,
@@ -195,14 +197,9 @@ class GenerationTask(Task):
         """One batch of centre crops of the held-out images with fixed time steps and noise."""
         if not data.val:
             return []
-        g = config.generation
-        crops = [_centre_crop(im, config.data.patch_size) for im in data.val[:MAX_VALIDATION_IMAGES]]
-        dataset = GenerationPatchDataset(
-            crops, patch_size=config.data.patch_size, condition=g.condition, scale=g.scale,
-            num_classes=g.network.num_classes, flips=False, seed=VALIDATION_SEED,
-            patches_per_epoch=len(crops),
-        )
-        batch = {k: torch.stack([_item(dataset, i)[k] for i in range(len(crops))]) for k in _item(dataset, 0)}
+        crops = [centre_crop(im, config.data.patch_size) for im in data.val[:MAX_VALIDATION_IMAGES]]
+        items = _items(config, crops)
+        batch = {k: torch.stack([item[k] for item in items]) for k in items[0]}
         generator = torch.Generator().manual_seed(VALIDATION_SEED)
         noise = [torch.randn(batch["image"].shape, generator=generator) for _ in VALIDATION_STEPS]
         return [{"batch": batch, "noise": noise}]
@@ -240,21 +237,14 @@ class GenerationTask(Task):
         return f"{what}, {g.schedule} schedule, {g.prediction}-prediction"
 
 
-def _item(dataset: GenerationPatchDataset, index: int) -> dict[str, torch.Tensor]:
-    """Item ``index`` of ``dataset`` taken from image ``index`` (validation crops in their order)."""
-    crop = dataset.images[index]
-    one = GenerationPatchDataset(
-        [crop], patch_size=dataset.patch_size, condition=dataset.condition, scale=dataset.scale,
-        num_classes=dataset.num_classes, flips=False, seed=dataset.seed, patches_per_epoch=1,
-    )
-    return one[0]
-
-
-def _centre_crop(image: LoadedImage, size: int) -> LoadedImage:
-    spatial = image.image.shape[1:]
-    window = (slice(None), *(slice((s - size) // 2, (s - size) // 2 + size) for s in spatial))
-    mask = image.mask[window] if image.mask is not None else None
-    return LoadedImage(image.name, np.ascontiguousarray(image.image[window]), image.label, mask)
+def _items(config: TrainConfig, crops: Sequence[LoadedImage]) -> list[dict[str, torch.Tensor]]:
+    """The training items of whole crops, in their order, unflipped."""
+    g = config.generation
+    return [
+        generation_item(c.image, c.mask, c.label, condition=g.condition, scale=g.scale,
+                        num_classes=g.network.num_classes)
+        for c in crops
+    ]
 
 
 def _condition_inputs(g: Any, batch: dict[str, torch.Tensor], *, training: bool) -> dict[str, torch.Tensor]:
@@ -316,12 +306,7 @@ def draw_epoch_grid(model: nn.Module, config: TrainConfig, data: TaskData, path:
     try:
         if g.condition in ("low_res", "mask"):
             source = data.val or data.train
-            crops = [_centre_crop(im, config.data.patch_size) for im in source[:4]]
-            dataset = GenerationPatchDataset(
-                crops, patch_size=config.data.patch_size, condition=g.condition, scale=g.scale,
-                num_classes=0, flips=False, seed=VALIDATION_SEED, patches_per_epoch=len(crops),
-            )
-            items = [_item(dataset, i) for i in range(len(crops))]
+            items = _items(config, [centre_crop(im, config.data.patch_size) for im in source[:4]])
             cond = torch.stack([it["cond_image"] for it in items])
             samples = sampler.sample(len(items), condition=cond, steps=g.sample_steps, seed=0)
             pictures = []

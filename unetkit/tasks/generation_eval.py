@@ -25,6 +25,7 @@ from ..data.degrade import downscale, modcrop, rgb_to_ycbcr, upscale, ycbcr_to_r
 from ..data.generation import (
     GenerationItem,
     LoadedImage,
+    centre_crop,
     find_generation_images,
     from_unit_range,
     load_generation_item,
@@ -43,9 +44,7 @@ def _same_folder(a: Optional[str], b: PathLike) -> bool:
 
 def _stack(images: list[LoadedImage], size: int) -> torch.Tensor:
     """Centre crops ``(N, C, size, size)`` of the loaded images."""
-    from .generation import _centre_crop
-
-    return torch.from_numpy(np.stack([_centre_crop(im, size).image for im in images]))
+    return torch.from_numpy(np.stack([centre_crop(im, size).image for im in images]))
 
 
 def _labels(images: list[LoadedImage]) -> Optional[torch.Tensor]:
@@ -76,19 +75,21 @@ def evaluate_generation(
     trained on the run's training images)."""
     from ..inference.generate import DiffusionSampler
 
-    sampler_ = DiffusionSampler.from_config(run.model, run.config, run.classes, device)
+    diffusion = DiffusionSampler.from_config(run.model, run.config, run.classes, device)
     options = dict(steps=steps, sampler=sampler, guidance=guidance, eta=eta)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if sampler_.condition == "low_res":
-        summary = _evaluate_super_resolution(sampler_, data_dir, out, seed=seed, progress=progress, **options)
-    elif sampler_.condition == "mask":
+    if diffusion.condition == "low_res":
+        summary = _evaluate_super_resolution(
+            diffusion, data_dir, out, seed=seed, progress=progress, **options
+        )
+    elif diffusion.condition == "mask":
         summary = _evaluate_mask(
-            sampler_, run, data_dir, out, segmenter, seed=seed, progress=progress, **options
+            diffusion, run, data_dir, out, segmenter, seed=seed, progress=progress, **options
         )
     else:
         summary = _evaluate_whole_images(
-            sampler_, run, data_dir, out, n=n, seed=seed, classifier=classifier, **options
+            diffusion, run, data_dir, out, n=n, seed=seed, classifier=classifier, **options
         )
     summary.update({"run": str(run.path), "data": str(data_dir), **options, "seed": seed})
     from ..utils.atomic import atomic_write_json, atomic_write_text
@@ -100,7 +101,7 @@ def evaluate_generation(
 
 # ----------------------------------------------------------------------------- whole images
 def _evaluate_whole_images(
-    sampler: Any, run: Any, data_dir: PathLike, out: Path, *, n: Optional[int], seed: int, classifier: Any,
+    diffusion: Any, run: Any, data_dir: PathLike, out: Path, *, n: Optional[int], seed: int, classifier: Any,
     **options: Any,
 ) -> dict[str, Any]:
     """Samples against held-out real images (the run's validation split when ``data_dir`` is its
@@ -111,7 +112,7 @@ def _evaluate_whole_images(
 
     config = run.config
     data = GenerationTask().prepare_data(config)
-    size = sampler.image_size
+    size = diffusion.image_size
     g = config.generation
     if _same_folder(config.data.train, data_dir) or _same_folder(config.data.val, data_dir):
         held_out = data.val
@@ -125,12 +126,12 @@ def _evaluate_whole_images(
     real_train, real_held = _stack(data.train, size), _stack(held_out, size)
     train_labels, held_labels = _labels(data.train), _labels(held_out)
     count = n or len(held_out)
-    if held_labels is not None and sampler.classes:
+    if held_labels is not None and diffusion.classes:
         labels = held_labels[torch.arange(count) % len(held_labels)]
     else:
         labels = None
     started = time.perf_counter()
-    samples = sampler.sample(count, labels=labels, seed=seed, **options)
+    samples = diffusion.sample(count, labels=labels, seed=seed, **options)
     seconds = time.perf_counter() - started
     scores = score_generation(
         samples, labels, real_train, train_labels, real_held, held_labels, classifier=classifier, seed=seed
@@ -138,7 +139,7 @@ def _evaluate_whole_images(
     save_grid(out / "samples.png", list(samples[:64].numpy()), 8)
     save_grid(out / "real.png", list(real_held[:64].numpy()), 8)
     return {
-        "task": "generation", "condition": sampler.condition, **scores,
+        "task": "generation", "condition": diffusion.condition, **scores,
         "n_held_out": len(held_out), "n_train": len(data.train),
         "sampling_seconds": seconds, "seconds_per_sample": seconds / count,
     }
@@ -154,7 +155,7 @@ def _luminance(image: np.ndarray, channels: int) -> tuple[np.ndarray, Optional[n
 
 
 def _evaluate_super_resolution(
-    sampler: Any, data_dir: PathLike, out: Path, *, seed: int, progress: bool, **options: Any
+    diffusion: Any, data_dir: PathLike, out: Path, *, seed: int, progress: bool, **options: Any
 ) -> dict[str, Any]:
     """Each pair of ``data_dir`` (``inputs/`` low-resolution, ``targets/`` high-resolution), or each clean
     image bicubic-downscaled by the stage's scale, generated back to full resolution."""
@@ -162,22 +163,22 @@ def _evaluate_super_resolution(
     from ..inference.restore import save_restored
     from ..training.reporting import crop_panels, save_picture, write_csv
 
-    scale = sampler.scale
+    scale = diffusion.scale
     pairs = find_image_pairs(data_dir)
     if has_pairs(data_dir):
         check_image_pairs(pairs, scale, same_channels=False)
     rows, seconds = [], 0.0
-    intensity = sampler.generation.intensity
+    intensity = diffusion.generation.intensity
     for pair in _progress(pairs, progress):
         hr = modcrop(read_checked_image(pair.target or pair.image), scale).astype(np.float32)
-        hr_y, ycc = _luminance(hr, sampler.channels)
-        if hr_y.shape[0] != sampler.channels:
-            raise DataError(f"{pair.image}: {hr.shape[0]} channels; the run generates {sampler.channels}")
-        low = (_luminance(read_checked_image(pair.image).astype(np.float32), sampler.channels)[0]
+        hr_y, ycc = _luminance(hr, diffusion.channels)
+        if hr_y.shape[0] != diffusion.channels:
+            raise DataError(f"{pair.image}: {hr.shape[0]} channels; the run generates {diffusion.channels}")
+        low = (_luminance(read_checked_image(pair.image).astype(np.float32), diffusion.channels)[0]
                if pair.target is not None else downscale(hr_y, scale))
         condition = torch.from_numpy(upscale(to_unit_range(low, intensity), scale))[None]
         started = time.perf_counter()
-        result = sampler.sample(1, condition=condition, seed=seed, **options)[0].numpy()
+        result = diffusion.sample(1, condition=condition, seed=seed, **options)[0].numpy()
         seconds += time.perf_counter() - started
         data_range = intensity[1] - intensity[0]
         sr = (np.clip(result, -1, 1) + 1) / 2 * data_range + intensity[0]
@@ -208,7 +209,7 @@ def _evaluate_super_resolution(
 
 # ----------------------------------------------------------------------------- mask-to-image
 def _evaluate_mask(
-    sampler: Any, run: Any, data_dir: PathLike, out: Path, segmenter: Optional[PathLike], *, seed: int,
+    diffusion: Any, run: Any, data_dir: PathLike, out: Path, segmenter: Optional[PathLike], *, seed: int,
     progress: bool, **options: Any,
 ) -> dict[str, Any]:
     """An image generated for each mask of ``data_dir``; with ``segmenter`` both the generated and the
@@ -224,9 +225,10 @@ def _evaluate_mask(
     for sample in _progress(find_samples(data_dir), progress):
         labels = load_labels(sample, classes)
         started = time.perf_counter()
-        generated = sampler.sample(1, condition=sampler.condition_from_labels(labels), seed=seed, **options)
+        condition = diffusion.condition_from_labels(labels)
+        generated = diffusion.sample(1, condition=condition, seed=seed, **options)
         seconds += time.perf_counter() - started
-        image = sampler.to_data(generated)[0]
+        image = diffusion.to_data(generated)[0]
         suffix = ".png" if image.dtype == np.uint8 else ".tif"
         save_restored(out / "samples" / f"{sample.name}{suffix}", image)
         row: dict[str, Any] = {"image": sample.name}
