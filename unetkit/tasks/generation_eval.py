@@ -126,23 +126,33 @@ def _evaluate_whole_images(
     real_train, real_held = _stack(data.train, size), _stack(held_out, size)
     train_labels, held_labels = _labels(data.train), _labels(held_out)
     count = n or len(held_out)
+    labels = None
     if held_labels is not None and diffusion.classes:
-        labels = held_labels[torch.arange(count) % len(held_labels)]
-    else:
-        labels = None
+        # The held-out classes in a seeded order: any count of samples has their class mix.
+        order = torch.randperm(len(held_labels), generator=torch.Generator().manual_seed(seed))
+        labels = held_labels[order[torch.arange(count) % len(held_labels)]]
     started = time.perf_counter()
     samples = diffusion.sample(count, labels=labels, seed=seed, **options)
     seconds = time.perf_counter() - started
     scores = score_generation(
         samples, labels, real_train, train_labels, real_held, held_labels, classifier=classifier, seed=seed
     ).to_dict()
-    save_grid(out / "samples.png", list(samples[:64].numpy()), 8)
-    save_grid(out / "real.png", list(real_held[:64].numpy()), 8)
+    save_grid(out / "samples.png", _by_class(samples, labels), 8)
+    save_grid(out / "real.png", _by_class(real_held, held_labels), 8)
     return {
         "task": "generation", "condition": diffusion.condition, **scores,
         "n_held_out": len(held_out), "n_train": len(data.train),
         "sampling_seconds": seconds, "seconds_per_sample": seconds / count,
     }
+
+
+def _by_class(images: torch.Tensor, labels: Optional[torch.Tensor], per_class: int = 8) -> list[np.ndarray]:
+    """Up to ``per_class`` images of each class, class after class (the first 64 without classes)."""
+    if labels is None:
+        return list(images[:64].numpy())
+    classes = sorted(set(labels.tolist()))
+    picked = [i for c in classes for i in (labels == c).nonzero()[:per_class, 0].tolist()]
+    return list(images[picked].numpy())
 
 
 # ------------------------------------------------------------------------- super-resolution
