@@ -89,5 +89,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {key:12s} {summary[key]:.4f}")
     if "global_iou_per_class" in summary and len(summary["global_iou_per_class"]) > 2:
         print(f"  mean IoU over the dataset {summary['global_iou']:.4f}")
-    print(f"report: {out / 'report.md'}  per image: {out / 'per_image.csv'}  summary: {out / 'summary.json'}")
+    per_image = f"  per image: {out / 'per_image.csv'}" if (out / "per_image.csv").is_file() else ""
+    print(f"report: {out / 'report.md'}{per_image}  summary: {out / 'summary.json'}")
     return 0

@@ -294,13 +294,13 @@ def image_grid(images: Sequence[np.ndarray], columns: int, pad: int = 1) -> np.n
 
 
 def save_grid(path: Path, images: Sequence[np.ndarray], columns: int) -> Path:
-    """:func:`image_grid` written as a PNG (small images enlarged so a person can see them), atomically."""
+    """:func:`image_grid` written as a PNG (small grids enlarged to about 600 px), atomically."""
     from PIL import Image
 
     from ..utils.atomic import atomic_path
 
     grid = image_grid(images, columns)
-    zoom = max(1, 256 // max(images[0].shape[1], 1)) if images[0].shape[1] < 64 else 1
+    zoom = max(1, min(32, 600 // grid.shape[1]))
     picture = Image.fromarray(grid)
     if zoom > 1:
         picture = picture.resize((grid.shape[1] * zoom, grid.shape[0] * zoom), Image.Resampling.NEAREST)
