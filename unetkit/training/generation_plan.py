@@ -27,14 +27,12 @@ from ..config import GenerationConfig, TrainConfig
 from ..data.generation import find_generation_images
 from ..data.io import read_image
 from ..data.samples import find_samples
-from .planner import Machine, Plan
+from .planner import Machine, Plan, fingerprint_subset
 
 #: Whole images up to this side are generated as they are; larger ones are cropped.
 WHOLE_IMAGE_MAX = 64
 #: Adam's learning rate: 5x DDPM's 2e-4, for budgets of minutes rather than days (EMA smooths it).
 LEARNING_RATE = 1e-3
-#: Images fingerprinted at most (sizes and types).
-MAX_IMAGES_FINGERPRINTED = 50
 #: At least this many optimiser steps per epoch (an epoch ends with a validation and a sample grid).
 MIN_STEPS_PER_EPOCH = 100
 
@@ -67,10 +65,7 @@ def fingerprint_generation(root: Union[str, Path], condition: Optional[str]) -> 
     else:
         items, classes = find_generation_images(root)
         paths = [item.image for item in items]
-    rng = np.random.default_rng(0)
-    picked = paths if len(paths) <= MAX_IMAGES_FINGERPRINTED else [
-        paths[i] for i in sorted(rng.choice(len(paths), MAX_IMAGES_FINGERPRINTED, replace=False))
-    ]
+    picked = fingerprint_subset(paths)
     images = [read_image(p) for p in picked]
     shapes = np.array([im.shape[1:] for im in images])
     return GenerationFingerprint(

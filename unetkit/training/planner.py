@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ DEFAULT_PLAN_MINUTES = 30.0
 #: Share of the budget planned for training steps; the rest is validation and saving.
 TRAIN_SHARE = 0.9
 MAX_IMAGES_FINGERPRINTED = 50
+T = TypeVar("T")
 #: Shortest planned epoch (training seconds); shorter ones would spend much of the budget validating.
 MIN_EPOCH_SECONDS = 30.0
 #: Validation seconds per validated pixel, in units of training-step seconds per trained pixel
@@ -166,6 +167,15 @@ class Plan:
         return "\n".join(lines)
 
 
+def fingerprint_subset(items: Sequence[T], rng: Optional[np.random.Generator] = None) -> list[T]:
+    """All ``items``, or a sample of :data:`MAX_IMAGES_FINGERPRINTED` of them in their order (drawn with
+    ``rng``, default seeded 0)."""
+    if len(items) <= MAX_IMAGES_FINGERPRINTED:
+        return list(items)
+    rng = rng if rng is not None else np.random.default_rng(0)
+    return [items[i] for i in sorted(rng.choice(len(items), MAX_IMAGES_FINGERPRINTED, replace=False))]
+
+
 def fingerprint_dataset(root: Union[str, Path]) -> tuple[Fingerprint, Any]:
     """Fingerprint a dataset folder; returns it with the data area's ``CheckReport`` (raises on problems)."""
     report = check_dataset(root)
@@ -173,11 +183,7 @@ def fingerprint_dataset(root: Union[str, Path]) -> tuple[Fingerprint, Any]:
     classes = report.classes
     samples = find_samples(root)
     rng = np.random.default_rng(0)
-    picked = (
-        samples
-        if len(samples) <= MAX_IMAGES_FINGERPRINTED
-        else [samples[i] for i in sorted(rng.choice(len(samples), MAX_IMAGES_FINGERPRINTED, replace=False))]
-    )
+    picked = fingerprint_subset(samples, rng)  # the same rng then samples pixel values
     shapes, values, diameters, image_diameters, spans = [], [], [], [], []
     counts = np.zeros(classes.num_classes, dtype=np.int64)
     dtype = ""

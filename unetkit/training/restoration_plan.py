@@ -28,9 +28,8 @@ from ..data.io import read_image
 from ..data.normalize import NormalizeConfig
 from ..data.pairs import check_image_pairs, find_image_pairs, has_pairs
 from ..losses import LossConfig
-from .planner import Machine, Plan, adam_cosine, fit_epochs
+from .planner import Machine, Plan, adam_cosine, fingerprint_subset, fit_epochs
 
-MAX_IMAGES_FINGERPRINTED = 50
 #: Blind-spot fraction the plan gives Noise2Void runs (see the reason it prints).
 NOISE2VOID_FRACTION = 0.02
 
@@ -61,10 +60,7 @@ def fingerprint_images(root: Union[str, Path], scale: Optional[int] = None) -> I
     """Fingerprint a restoration dataset folder (raises :class:`~unetkit.data.io.DataError` on problems)."""
     pairs = find_image_pairs(root)
     scale = check_image_pairs(pairs, scale)
-    rng = np.random.default_rng(0)
-    picked = pairs if len(pairs) <= MAX_IMAGES_FINGERPRINTED else [
-        pairs[i] for i in sorted(rng.choice(len(pairs), MAX_IMAGES_FINGERPRINTED, replace=False))
-    ]
+    picked = fingerprint_subset(pairs)
     images = [read_image(p.target or p.image) for p in picked]
     shapes = np.array([im.shape[1:] for im in images])
     return ImagesFingerprint(
