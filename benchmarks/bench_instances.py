@@ -1,10 +1,12 @@
-"""Instance segmentation: route 1 (foreground + watershed), route 2 (3-class target) and the classical
-baseline (Otsu + distance watershed), scored with the object-level metrics.
+"""Instance segmentation: route 1 (foreground + watershed, or connected components), route 2 (3-class
+target), route 3 (flows target) and the classical baseline (Otsu + distance watershed), scored with the
+object-level metrics.
 
-Run by hand (heavy: trains two or three networks, each exactly as a user would, with the default plan):
+Run by hand (heavy: trains three or four networks, each exactly as a user would, with the default plan):
 
-    unetkit train TRAIN --val VAL --out route1 --max-minutes M                          # route 1
+    unetkit train TRAIN --val VAL --out route1 --max-minutes M --target semantic        # route 1
     unetkit train TRAIN --val VAL --out route2 --max-minutes M --target three-class     # route 2
+    unetkit train TRAIN --val VAL --out route3 --max-minutes M --target flows           # route 3
 
     flock /tmp/unetkit-heavy.lock python benchmarks/bench_instances.py dsb2018 --minutes 20
     flock /tmp/unetkit-heavy.lock python benchmarks/bench_instances.py synthetic --minutes 3
@@ -26,6 +28,7 @@ import csv
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -37,27 +40,36 @@ from unetkit.data.normalize import NormalizeConfig, normalize_image
 from unetkit.data.samples import Sample, find_samples
 from unetkit.data.synthetic import write_synthetic_dataset
 from unetkit.instance_metrics import instance_scores
-from unetkit.instances import (
-    InstanceConfig,
-    instances_from_foreground,
-    instances_from_three_class,
-    otsu_watershed,
-)
+from unetkit.instances import InstanceConfig, instances_from_probabilities, otsu_watershed
 
 DSB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dsb2018"
 METRICS = ("ap_50", "dsb_score", "f1_50", "aji", "panoptic_quality")
 UNETKIT = [sys.executable, "-m", "unetkit"]
+STEPS_PER_EPOCH = 10
 ROUTE_FLAGS = {
-    "semantic": [],
-    "weighted": ["--loss.name", "weighted_ce", "--data.weight-map", "true"],
+    "semantic": ["--target", "semantic"],
+    "weighted": ["--target", "semantic", "--loss.name", "weighted_ce", "--data.weight-map", "true"],
     "three_class": ["--target", "three-class"],
+    "flows": ["--target", "flows"],
 }
 
 
-def train_route(train_dir: Path, val_dir: Path, out: Path, minutes: float, flags: Sequence[str]) -> Path:
-    """``unetkit train`` with the default plan plus ``flags``; returns the run folder."""
+def budget_flags(minutes: float, steps: Optional[int]) -> list[str]:
+    """``unetkit train`` options for a budget of ``minutes``, or of ``steps`` steps of batch 4 (10 per epoch):
+    the same for every route however busy the machine is."""
+    if steps is None:
+        return ["--max-minutes", f"{minutes:g}"]
+    epochs = max(1, steps // STEPS_PER_EPOCH)
+    return ["--budget.epochs", str(epochs), "--data.batch-size", "4", "--data.patches-per-epoch",
+            str(4 * STEPS_PER_EPOCH)]
+
+
+def train_route(
+    train_dir: Path, val_dir: Path, out: Path, budget: Sequence[str], flags: Sequence[str]
+) -> Path:
+    """``unetkit train`` with the default plan, the ``budget`` options and ``flags``; returns the run."""
     cmd = [*UNETKIT, "train", str(train_dir), "--val", str(val_dir), "--out", str(out)]
-    cmd += ["--max-minutes", f"{minutes:g}", "--no-progress", *flags]
+    cmd += [*budget, "--no-progress", *flags]
     print("$", " ".join(cmd), flush=True)
     start = time.perf_counter()
     subprocess.run(cmd, check=True)
@@ -86,18 +98,11 @@ def dsb_modalities() -> dict[str, str]:
         return {row["id"]: row["modality_guess"] for row in csv.DictReader(fh, delimiter="\t")}
 
 
-def predictor_route(run_dir: Path, route: str, config: InstanceConfig) -> Callable[[np.ndarray], np.ndarray]:
+def predictor_route(run_dir: Path, config: InstanceConfig) -> Callable[[np.ndarray], np.ndarray]:
     from unetkit.inference import Predictor
 
     predictor = Predictor.from_run(run_dir)
-
-    def segment(image: np.ndarray) -> np.ndarray:
-        probabilities = predictor.predict_proba(image)
-        if route == "three_class":
-            return instances_from_three_class(probabilities, config)
-        return instances_from_foreground(probabilities[1], config)
-
-    return segment
+    return lambda image: instances_from_probabilities(predictor.predict_proba(image), config)
 
 
 def classical(config: InstanceConfig) -> Callable[[np.ndarray], np.ndarray]:
@@ -110,11 +115,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("dataset", choices=("dsb2018", "synthetic"))
     parser.add_argument("--minutes", type=float, default=20.0, help="training budget per network")
     parser.add_argument("--work", type=Path, default=Path("/tmp/unetkit-bench"))
+    parser.add_argument("--steps", type=int, help="train each network for this many steps of batch 4 instead "
+                        "of --minutes (equal budgets on a machine that other jobs share)")
+    parser.add_argument("--routes", nargs="+", help="only these routes (run folder names: route1, "
+                        "route1_weighted, route2, route3)")
     parser.add_argument("--threads", type=int, help="torch threads per training (runs sharing the machine)")
     args = parser.parse_args(argv)
+    budget = budget_flags(args.minutes, args.steps)
+    described = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
     work = args.work / args.dataset
-    routes = [("route1", "route 1: foreground + watershed", "semantic"),
-              ("route2", "route 2: 3-class (interior/border)", "three_class")]
+    # (run folder, row name, ROUTE_FLAGS key, instance method)
+    routes = [("route1", "route 1: foreground + watershed", "semantic", "watershed"),
+              ("route2", "route 2: 3-class (interior/border)", "three_class", "three_class"),
+              ("route3", "route 3: flows (towards each object's centre)", "flows", "flows")]
     if args.dataset == "dsb2018":
         train_dir, val_dir = split_dsb(work / "split")
         done = {"route1": work / "run"}  # bench_train_datasets.py --dataset dsb2018: the same command
@@ -122,24 +135,30 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         train_dir = write_synthetic_dataset(work / "gen_train", 24, size=256, seed=1)
         val_dir = write_synthetic_dataset(work / "gen_val", 8, size=256, seed=2)
         done = {}
-        routes.insert(1, ("route1_weighted", "route 1 + border weight map", "weighted"))
+        routes.insert(1, ("route1_weighted", "route 1 + border weight map", "weighted", "watershed"))
+    if args.routes:
+        routes = [r for r in routes if r[0] in args.routes]
     val_samples = find_samples(val_dir)
     print(f"{args.dataset}: {len(find_samples(train_dir))} training, {len(val_samples)} validation images",
           flush=True)
 
     instance_config = InstanceConfig()
     results = {"classical (Otsu + distance watershed)": score(val_samples, classical(instance_config))}
-    for key, name, kind in routes:
+    components = InstanceConfig(method="components")
+    for key, name, kind, method in routes:
         run_dir = done.get(key, work / key)
         if finished(run_dir):
             print(f"{name}: using the finished run {run_dir}", flush=True)
         else:
             flags = ROUTE_FLAGS[kind] + (["--threads", str(args.threads)] if args.threads else [])
-            run_dir = train_route(train_dir, val_dir, work / key, args.minutes, flags)
-        route = "three_class" if kind == "three_class" else "semantic"
-        results[name] = score(val_samples, predictor_route(run_dir, route, instance_config))
+            run_dir = train_route(train_dir, val_dir, work / key, budget, flags)
+        results[name] = score(val_samples, predictor_route(run_dir, replace(instance_config, method=method)))
+        if key == "route1":
+            results["route 1: foreground + connected components"] = score(
+                val_samples, predictor_route(run_dir, components)
+            )
 
-    print(f"\n| method ({args.dataset}, {len(val_samples)} val images, {args.minutes:g} min training) | "
+    print(f"\n| method ({args.dataset}, {len(val_samples)} val images, {described} training) | "
           + " | ".join(METRICS) + " |")
     print("|---" * (len(METRICS) + 1) + "|")
     for name, rows in results.items():

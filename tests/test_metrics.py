@@ -168,3 +168,27 @@ def test_isbi_pixel_error_is_one_minus_the_best_pooled_f_score():
     assert best_pixel_error(np.concatenate([a, b]), thresholds=(0.5,))[0] == pytest.approx(1 - 8 / 10)
     # Nothing to find and nothing found: no error.
     assert best_pixel_error(np.zeros((2, 1, 3)), thresholds=(0.5,)) == (0.0, 0.5)
+
+
+def test_dataset_means_leave_out_classes_absent_from_the_whole_dataset():
+    names = ["a", "b", "c", "d"]
+    one = segmentation_metrics(np.array([[0, 0, 1, 1]]), np.array([[0, 0, 1, 0]]), 4, class_names=names)
+    two = segmentation_metrics(np.array([[0, 1]]), np.array([[0, 1]]), 4, class_names=names)
+    s = summarize([one, two], 4, names)
+    # Summed: a TP 3, FN 1 -> IoU 3/4, Dice 6/7; b TP 2, FP 1 -> IoU 2/3, Dice 4/5; c, d never seen.
+    assert s["global_iou"] == pytest.approx((3 / 4 + 2 / 3) / 2)
+    assert s["global_dice"] == pytest.approx((6 / 7 + 4 / 5) / 2)
+    assert s["absent_classes"] == ["c", "d"]
+
+
+def test_hd95_of_an_image_with_a_missed_class_is_undefined_and_counted():
+    truth = np.zeros((8, 8), int)
+    truth[1:4, 1:4] = 1
+    truth[5:7, 5:7] = 2
+    found_one = np.where(truth == 2, 0, truth)  # class 2 missed, class 1 perfect
+    missed = segmentation_metrics(found_one, truth, 3)
+    assert math.isnan(missed["hd95"])
+    perfect = segmentation_metrics(truth, truth, 3)
+    assert perfect["hd95"] == 0.0
+    s = summarize([missed, perfect], 3)
+    assert s["hd95"] == 0.0 and s["hd95_misses"] == 1

@@ -1,13 +1,18 @@
 """The one place that turns logits into probabilities and labels (used by losses and predictors).
 
 One output channel means a binary problem with a sigmoid; two or more mean a per-pixel
-softmax over the classes.
+softmax over the classes. A flows network (``data.target = "flows"``, :mod:`unetkit.flows`) has
+``1 + D`` output channels: a foreground logit and the ``D`` flow components, times :data:`FLOW_SCALE`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+#: A flows network predicts the unit flow field times this (Cellpose's scaling: the flows then weigh
+#: about as much as the foreground in the loss).
+FLOW_SCALE = 5.0
 
 
 def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -18,6 +23,13 @@ def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
     if logits.shape[1] == 1:
         return torch.sigmoid(logits)
     return torch.softmax(logits, dim=1)
+
+
+def flow_outputs(logits: torch.Tensor) -> torch.Tensor:
+    """A flows network's ``(N, 1 + D, *S)`` logits -> ``(N, 2 + D, *S)``: the background and foreground
+    probabilities (a sigmoid of channel 0), then the flows in pixels per step (``/ FLOW_SCALE``)."""
+    foreground = torch.sigmoid(logits[:, :1])
+    return torch.cat([1.0 - foreground, foreground, logits[:, 1:] / FLOW_SCALE], dim=1)
 
 
 def probabilities_to_labels(probabilities: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:

@@ -57,7 +57,10 @@ class DataConfig:
     mask's classes) or ``"three_class"`` (background / interior / border from instance labels).
     ``object_diameter``: train and predict with every image resized so that its objects' median
     diameter is this many pixels (for data whose object sizes vary; ``None`` = each image at its
-    own scale; see :mod:`unetkit.data.scale`).
+    own scale; see :mod:`unetkit.data.scale`). ``membrane_class``: the class that outlines the
+    objects as a thin connected network (0 in ISBI 2012; set by the plan, see
+    :mod:`unetkit.data.membrane`): objects then come from the membrane route of
+    :mod:`unetkit.instances` by default.
     """
 
     train: Optional[str] = None
@@ -74,6 +77,7 @@ class DataConfig:
     foreground_oversample: float = 0.33
     num_workers: int = 0
     object_diameter: Optional[float] = None
+    membrane_class: Optional[int] = None
 
 
 @dataclass

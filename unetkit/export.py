@@ -7,7 +7,10 @@ input), with dynamic batch and spatial axes. Everything around it (task, normali
 inverse, channel order, valid sizes, activation, class names and colours, super-resolution
 upscaling) is the *contract*, a JSON document stored in the file (ONNX ``metadata_props``, one
 key per section; TorchScript ``_extra_files["unetkit.json"]``) and in a JSON file beside it
-(``FILE.json``), so a pipeline without unetkit can reproduce the predictor.
+(``FILE.json``), so a pipeline without unetkit can reproduce the predictor. The contract is read
+without loading the network (a TorchScript file is a zip archive whose pickles run code when loaded:
+take TorchScript files from trusted sources only), and a ``FILE.json`` that differs from the
+contract in the file (an export killed between the two writes) is refused on load.
 
 ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``): in torch 2.13 the
 ``torch.export``-based exporter needs the extra ``onnxscript`` package, takes tens of seconds
@@ -29,6 +32,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -37,7 +41,9 @@ import torch
 from torch import nn
 
 from . import __version__
-from .models import ModelConfig, build_model
+from .activation import FLOW_SCALE
+from .checkpoint import ModelLoadError
+from .models import ModelConfig, build_model, model_config_from_dict
 from .models.sizes import SizeRules
 from .utils.atomic import atomic_write_bytes, atomic_write_json
 
@@ -51,6 +57,8 @@ OUTPUT_NAME = "logits"
 RESTORED_NAME = "restored"  # the output of a restoration graph
 TASKS = ("segmentation", "restoration")
 TORCHSCRIPT_EXTRA_FILE = "unetkit.json"
+MAX_CONTRACT_BYTES = 1 << 20
+"""A contract is a few kB; a bigger one in a TorchScript archive is refused before it is unpacked."""
 PathLike = Union[str, Path]
 
 _NORMALIZE_FORMULAS = {
@@ -118,8 +126,9 @@ def build_contract(
         classes: the ``ClassInfo`` of the training data, or ``None``.
         normalize: the ``NormalizeConfig`` of the training data, or ``None`` (inputs already normalised).
         object_diameter: the object scale the network was trained at (``data.object_diameter``), or ``None``.
-        target: ``data.target``: ``"semantic"``, or ``"three_class"`` (outputs background / interior /
-            border; interior and border are the foreground class of ``classes``).
+        target: ``data.target``: ``"semantic"``, ``"three_class"`` (outputs background / interior /
+            border; interior and border are the foreground class of ``classes``) or ``"flows"`` (a
+            foreground logit, then the flow field towards each object's centre, see :mod:`unetkit.flows`).
         task: ``"segmentation"`` (the output is logits) or ``"restoration"`` (the output is an image
             ``(N, C, *S_out)`` on the normalised scale, see :func:`restoration_output`).
         scale: restoration: output pixels per input pixel along each axis (super-resolution, 2D only).
@@ -135,6 +144,15 @@ def build_contract(
     binary = config.num_classes == 1
     if task == "restoration":
         output = restoration_output(config, norm, scale)
+    elif target == "flows":
+        output = {
+            "name": OUTPUT_NAME,
+            "shape": f"(N, {config.num_classes}, {spatial})",
+            "kind": "logits and flows",
+            "activation": f"channel 0: sigmoid (foreground); channels 1-{config.dims}: the flow components "
+            f"along ({spatial}) times {FLOW_SCALE:g}, no activation",
+            "labels": "foreground where sigmoid(channel 0) > 0.5",
+        }
     else:
         output = {
             "name": OUTPUT_NAME,
@@ -274,10 +292,11 @@ def torchscript_bytes(model: nn.Module, contract: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def _load_torchscript(source: Union[str, io.BytesIO], extra: Optional[dict[str, str]] = None) -> Any:
+def _load_torchscript(source: Union[str, io.BytesIO]) -> Any:
+    """Load a TorchScript module: this unpickles it, which runs code stored in the file."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.load(source, map_location="cpu", _extra_files=extra or {})
+        return torch.jit.load(source, map_location="cpu")
 
 
 def export_model(
@@ -608,25 +627,66 @@ def export_diffusion_run(run_dir: PathLike, fmt: str, out: Optional[PathLike] = 
 
 
 def read_contract(path: PathLike) -> dict[str, Any]:
-    """The contract stored inside an exported ``.onnx`` or TorchScript file."""
+    """The contract stored inside an exported ``.onnx`` or TorchScript file, read without loading the
+    network. Raises :class:`~unetkit.checkpoint.ModelLoadError` for a damaged file, a file without a
+    contract, or a ``FILE.json`` beside it that holds another contract."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: give a file written by `unetkit export`")
-    if path.suffix == ".onnx":
-        import onnx
-
-        proto = onnx.load(str(path), load_external_data=False)
-        contract = {p.key: json.loads(p.value) for p in proto.metadata_props}
-    else:
-        extra = {TORCHSCRIPT_EXTRA_FILE: ""}
-        _load_torchscript(str(path), extra)
-        contract = json.loads(extra[TORCHSCRIPT_EXTRA_FILE] or "{}")
-    if "model" not in contract:
-        raise ValueError(
+    fmt = "onnx" if path.suffix == ".onnx" else "torchscript"
+    try:
+        contract = _onnx_contract(path) if fmt == "onnx" else _torchscript_contract(path)
+    except Exception as exc:  # each format's reader fails on a damaged file with errors of its own
+        raise ModelLoadError(
+            f"{path} is not a readable {fmt} file with a unetkit contract ({exc}); export it again with "
+            f"`unetkit export RUN --format {fmt}`"
+        ) from exc
+    if not isinstance(contract.get("model"), dict):
+        raise ModelLoadError(
             f"{path} holds no unetkit contract (no 'model' entry in its metadata); "
             "export it with `unetkit export RUN --format onnx|torchscript`"
         )
+    try:
+        model_config_from_dict(contract["model"])
+    except ValueError as exc:
+        raise ModelLoadError(
+            f"{path}: the network in its contract is not valid: {exc}; export it again"
+        ) from exc
+    sidecar = sidecar_path(path)
+    if sidecar.is_file():
+        try:
+            beside = json.loads(sidecar.read_text())
+        except ValueError:
+            beside = None
+        if beside != contract:
+            raise ModelLoadError(
+                f"{sidecar} does not match the contract inside {path} (an export interrupted between the "
+                f"two files, or a file from another export): export again, or delete {sidecar.name} (the "
+                "contract inside the file is the one unetkit uses)"
+            )
     return contract
+
+
+def _onnx_contract(path: Path) -> dict[str, Any]:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: json.loads(p.value) for p in proto.metadata_props}
+
+
+def _torchscript_contract(path: Path) -> dict[str, Any]:
+    """The ``extra/unetkit.json`` entry of a TorchScript zip archive, read with ``zipfile``:
+    ``torch.jit.load`` would unpickle the module, which runs code stored in the file."""
+    with zipfile.ZipFile(path) as archive:
+        entries = [
+            info for info in archive.infolist()
+            if info.filename.split("/")[1:] == ["extra", TORCHSCRIPT_EXTRA_FILE]
+        ]
+        if not entries:
+            return {}
+        if entries[0].file_size > MAX_CONTRACT_BYTES:
+            raise ValueError(f"its contract is {entries[0].file_size} bytes, more than {MAX_CONTRACT_BYTES}")
+        return json.loads(archive.read(entries[0]))
 
 
 class ExportedModel(SizeRules):
@@ -789,8 +849,21 @@ def predictor_for(source: PathLike, backend: str = "torch", **kwargs: Any) -> An
 
     Normalisation, classes, object scale, target, task and (super-resolution) scale come from the RUN
     folder or the file's contract unless given in ``kwargs`` (the other keyword arguments go to the
-    Predictor too).
+    Predictor too). Raises ``OSError`` or ``ValueError`` (:class:`~unetkit.checkpoint.ModelLoadError`
+    for whatever else goes wrong while loading), each naming ``source``.
     """
+    try:
+        return _predictor_for(source, backend, **kwargs)
+    except (OSError, ValueError):
+        raise
+    except Exception as exc:  # a damaged run or file fails in the libraries' own ways (RuntimeError...)
+        raise ModelLoadError(
+            f"{source} could not be loaded ({type(exc).__name__}: {exc}): give an intact RUN folder of "
+            "`unetkit train` or a file of `unetkit export` (train or export it again if it is damaged)"
+        ) from exc
+
+
+def _predictor_for(source: PathLike, backend: str, **kwargs: Any) -> Any:
     from .inference import Predictor
 
     if backend == "torch":

@@ -2,15 +2,19 @@
 
 Definitions (label images: 0 = background, each object its own id; 2D or 3D):
 
-* matching at threshold ``t``: a one-to-one assignment of predicted to true objects that
-  maximises the total IoU among pairs with IoU >= ``t`` (Hungarian; for ``t >= 0.5`` every pair
-  above the threshold is unique anyway). Matched pairs are true positives (TP), unmatched
-  predictions false positives (FP), unmatched true objects false negatives (FN).
+* matching at threshold ``t`` (StarDist's rule): a one-to-one assignment of predicted to true
+  objects among pairs with IoU >= ``t`` that has the most pairs, and of those the largest summed
+  IoU (Hungarian; above ``t = 0.5`` every pair over the threshold is unique anyway). Matched pairs
+  are true positives (TP), unmatched predictions false positives (FP), unmatched true objects
+  false negatives (FN).
 * precision = TP / (TP + FP), recall = TP / (TP + FN), F1 = 2TP / (2TP + FP + FN).
 * average precision as in the StarDist paper and the 2018 Data Science Bowl:
   AP(t) = TP / (TP + FP + FN); the DSB score is the mean of AP(t) over t = 0.5, 0.55, ..., 0.95.
-* aggregated Jaccard index (Kumar et al. 2017): every true object is paired with the predicted
-  object of highest IoU; AJI = sum |G ∩ S| / (sum |G ∪ S| + area of predictions never used).
+* aggregated Jaccard index (Kumar et al. 2017): every true object G is paired with the
+  overlapping predicted object S of highest IoU (of equal ones, the first met in raster order, so
+  the score does not depend on the predicted ids) and adds |G ∩ S| to the intersection and
+  |G ∪ S| to the union; a true object that overlaps no prediction adds |G| to the union only;
+  every prediction paired with no true object adds its area to the union. AJI = intersection / union.
 * panoptic quality (Kirillov et al. 2019) at IoU > 0.5: sum of matched IoUs / (TP + FP/2 + FN/2).
 
 Empty cases: when neither image has an object every score is 1.0 (nothing to find, nothing
@@ -36,21 +40,38 @@ def _dense_ids(labels: np.ndarray) -> tuple[np.ndarray, int]:
     return inverse.reshape(labels.shape), len(ids) - 1
 
 
-def iou_matrix(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """IoU of every true object (rows) with every predicted object (columns), and the
-    intersection counts, both ``(n_true, n_pred)``. Computed from one joint histogram."""
+def _joint_histogram(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """``(n_true + 1, n_pred + 1)`` pixel counts of every (true id, predicted id) pair, row and
+    column 0 the background, objects in the order of their ids."""
     if true.shape != pred.shape:
         raise ValueError(f"label images differ in shape: truth {true.shape}, prediction {pred.shape}")
-    t, n_true = _dense_ids(np.asarray(true))
-    p, n_pred = _dense_ids(np.asarray(pred))
+    t, n_true = _dense_ids(true)
+    p, n_pred = _dense_ids(pred)
     joint = np.bincount(t.ravel() * (n_pred + 1) + p.ravel(), minlength=(n_true + 1) * (n_pred + 1))
-    joint = joint.reshape(n_true + 1, n_pred + 1)
+    return joint.reshape(n_true + 1, n_pred + 1)
+
+
+def _iou(joint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """IoU and intersection ``(n_true, n_pred)`` of the objects of a :func:`_joint_histogram`."""
     intersection = joint[1:, 1:].astype(np.float64)
     area_true = joint[1:, :].sum(axis=1, keepdims=True)
     area_pred = joint[:, 1:].sum(axis=0, keepdims=True)
     union = area_true + area_pred - intersection
     iou = np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
     return iou, intersection
+
+
+def iou_matrix(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """IoU of every true object (rows) with every predicted object (columns), and the
+    intersection counts, both ``(n_true, n_pred)``. Computed from one joint histogram."""
+    return _iou(_joint_histogram(np.asarray(true), np.asarray(pred)))
+
+
+def _raster_order(labels: np.ndarray) -> np.ndarray:
+    """Object indices (the columns of :func:`iou_matrix`) sorted by where each object's first
+    pixel lies in raster order."""
+    ids, first = np.unique(labels.ravel(), return_index=True)
+    return np.argsort(first[ids != 0], kind="stable")
 
 
 @dataclass
@@ -88,7 +109,8 @@ def _ratio(numerator: float, denominator: float) -> float:
 
 
 def match_counts(iou: np.ndarray, threshold: float) -> MatchCounts:
-    """TP/FP/FN of the best one-to-one matching among pairs with IoU >= ``threshold``."""
+    """TP/FP/FN of the one-to-one matching among pairs with IoU >= ``threshold`` that has the most
+    pairs and, of those, the largest summed IoU (StarDist's ``matching``)."""
     n_true, n_pred = iou.shape
     if n_true == 0 or n_pred == 0:
         return MatchCounts(threshold, 0, n_pred, n_true, 0.0)
@@ -96,7 +118,9 @@ def match_counts(iou: np.ndarray, threshold: float) -> MatchCounts:
     if threshold > 0.5:  # pairs above 0.5 IoU are unique: no assignment problem
         rows, cols = np.nonzero(candidate)
     else:
-        rows, cols = linear_sum_assignment(np.where(candidate, iou, 0.0), maximize=True)
+        # Each pair is worth 1, plus its IoU scaled so that all of them together stay below one pair.
+        scaled = np.where(candidate, iou, 0.0) / (2 * min(n_true, n_pred))
+        rows, cols = linear_sum_assignment(candidate + scaled, maximize=True)
         keep = candidate[rows, cols]
         rows, cols = rows[keep], cols[keep]
     tp = len(rows)
@@ -106,21 +130,24 @@ def match_counts(iou: np.ndarray, threshold: float) -> MatchCounts:
 
 def aggregated_jaccard_index(true: np.ndarray, pred: np.ndarray) -> float:
     """AJI of Kumar et al. (2017); see the module docstring."""
-    iou, intersection = iou_matrix(true, pred)
+    true, pred = np.asarray(true), np.asarray(pred)
+    joint = _joint_histogram(true, pred)
+    iou, intersection = _iou(joint)
     n_true, n_pred = iou.shape
     if n_true == 0 and n_pred == 0:
         return 1.0
     if n_true == 0 or n_pred == 0:
         return 0.0
-    t, _ = _dense_ids(np.asarray(true))
-    p, _ = _dense_ids(np.asarray(pred))
-    area_true = np.bincount(t.ravel(), minlength=n_true + 1)[1:]
-    area_pred = np.bincount(p.ravel(), minlength=n_pred + 1)[1:]
-    best = iou.argmax(axis=1)
-    inter = intersection[np.arange(n_true), best]
-    union = area_true + area_pred[best] - inter
+    area_true = joint[1:, :].sum(axis=1)
+    area_pred = joint[:, 1:].sum(axis=0)
+    order = _raster_order(pred)
+    best = order[iou[:, order].argmax(axis=1)]
+    overlaps = intersection[np.arange(n_true), best] > 0
+    best = best[overlaps]
+    inter = intersection[overlaps, best].sum()
+    union = area_true.sum() + area_pred[best].sum() - inter
     unused = np.setdiff1d(np.arange(n_pred), best)
-    return float(inter.sum() / (union.sum() + area_pred[unused].sum()))
+    return float(inter / (union + area_pred[unused].sum()))
 
 
 @dataclass

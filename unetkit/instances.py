@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -27,9 +28,10 @@ from skimage.filters import threshold_otsu
 from skimage.measure import regionprops
 from skimage.segmentation import watershed
 
+from .data.classes import ClassInfo
 from .utils.atomic import atomic_path, atomic_write_json, atomic_write_text
 
-INSTANCE_METHODS = ("watershed", "components", "three_class")
+INSTANCE_METHODS = ("watershed", "components", "three_class", "membrane", "flows")
 
 
 @dataclass
@@ -42,6 +44,15 @@ class InstanceConfig:
     before looking for seeds, so that a ragged outline does not create extra seeds.
     ``min_size``: objects smaller than this many pixels (voxels) are dropped.
     ``fill_holes``: fill holes inside each foreground region before splitting.
+    ``flow_threshold``: the flows route (:mod:`unetkit.flows`) drops objects whose predicted flows
+    differ from the flows of their own shape by more than this mean squared error (``None``: none).
+
+    The membrane route (``method="membrane"``, for cells outlined by a thin boundary class as in EM)
+    floods the boundary probability smoothed by ``smoothing`` from seeds where the cell probability
+    exceeds ``seed_threshold`` (seeds under ``min_size`` pixels are dropped), leaving one-pixel
+    watershed lines between cells; with ``merge_threshold`` two neighbouring cells whose shared
+    line has a mean boundary probability below it become one. ``membrane_class``: the class id of
+    the boundary (0 in ISBI 2012, whose masks are white cells on black membranes).
     """
 
     method: str = "watershed"
@@ -50,6 +61,10 @@ class InstanceConfig:
     smoothing: float = 1.0
     min_size: int = 16
     fill_holes: bool = True
+    flow_threshold: Optional[float] = 0.4
+    seed_threshold: float = 0.9
+    merge_threshold: Optional[float] = None
+    membrane_class: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in INSTANCE_METHODS:
@@ -130,6 +145,118 @@ def instances_from_three_class(
     seeds, _ = ndi.label(interior & foreground)
     labels = watershed(-probabilities[1], seeds, mask=foreground)
     return _relabel(labels, config.min_size)
+
+
+def _merge_weak_boundaries(labels: np.ndarray, boundary: np.ndarray, threshold: float) -> np.ndarray:
+    """Merge the regions of ``labels`` (0 = watershed line) whose shared line has a mean ``boundary``
+    probability below ``threshold``; the lines between merged regions join them."""
+    labels = labels.astype(np.int64)
+    footprint = np.ones((3,) * labels.ndim, dtype=bool)
+    big = int(labels.max()) + 1
+    high = ndi.maximum_filter(labels, footprint=footprint)
+    low = ndi.minimum_filter(np.where(labels > 0, labels, big), footprint=footprint)
+    line = (labels == 0) & (low != big) & (low != high)
+    if not line.any():
+        return labels
+    pairs = np.stack([low[line], high[line]], axis=1)
+    unique, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    mean = np.bincount(inverse, weights=boundary[line]) / np.bincount(inverse)
+    parent = np.arange(int(labels.max()) + 1)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for (a, b), value in zip(unique.tolist(), mean.tolist()):
+        if value < threshold:
+            ra, rb = root(a), root(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    roots = np.array([root(i) for i in range(len(parent))])
+    merged = roots[labels]
+    joined = line.copy()
+    joined[line] = roots[pairs[:, 0]] == roots[pairs[:, 1]]
+    merged[joined] = roots[low[joined]]
+    return merged
+
+
+def instances_from_membranes(
+    probabilities: np.ndarray, config: Optional[InstanceConfig] = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The membrane route: probabilities ``(2, *S)`` of membrane-outlined cells -> ``(labels, lines)``.
+
+    ``labels`` ``(*S)`` uint32: closed cells, each the basin of one seed on the smoothed boundary
+    probability, with one-pixel watershed lines (0) between them, so a gap of a pixel or two in a
+    membrane no longer joins two cells. ``lines`` ``(*S)`` bool: the watershed lines, to be drawn
+    into a semantic mask as membrane. Images without a seed come back as one cell.
+    """
+    config = config or InstanceConfig(method="membrane")
+    if probabilities.shape[0] != 2:
+        raise ValueError(
+            "the membrane route needs a binary (cell / membrane) model; this one has "
+            f"{probabilities.shape[0]} classes"
+        )
+    boundary = probabilities[config.membrane_class].astype(np.float32)
+    cells = 1.0 - boundary
+    if config.smoothing > 0:
+        boundary = ndi.gaussian_filter(boundary, config.smoothing)
+    seeds, _ = ndi.label(cells > config.seed_threshold)
+    seeds = _relabel(seeds, config.min_size).astype(np.int64)
+    if not seeds.any():
+        return np.ones(boundary.shape, dtype=np.uint32), np.zeros(boundary.shape, dtype=bool)
+    labels = watershed(boundary, seeds, watershed_line=True)
+    if config.merge_threshold is not None:
+        labels = _merge_weak_boundaries(labels, boundary, config.merge_threshold)
+    return _relabel(labels, 1), labels == 0
+
+
+def instances_from_probabilities(probabilities: np.ndarray, config: InstanceConfig) -> np.ndarray:
+    """Per-class probabilities ``(K, *S)`` -> instance labels ``(*S)`` uint32 by ``config.method``.
+
+    The one dispatch over the routes, used by ``predict``, ``evaluate`` and the server.
+    """
+    if config.method == "three_class":
+        return instances_from_three_class(probabilities, config)
+    if config.method == "membrane":
+        return instances_from_membranes(probabilities, config)[0]
+    flow_outputs = probabilities.shape[0] == 1 + probabilities.ndim  # background, foreground, D flows
+    if config.method == "flows":
+        from .flows import instances_from_flows
+
+        if not flow_outputs:
+            raise ValueError(
+                f"the flows route needs a flows network's outputs (background, foreground, one flow "
+                f"component per axis), got shape {probabilities.shape}; train with --target flows"
+            )
+        return instances_from_flows(probabilities[1], probabilities[2:], config)
+    if probabilities.shape[0] != 2 and not flow_outputs:
+        raise ValueError(
+            f"the instance route {config.method!r} needs a binary (foreground) model; this one has "
+            f"{probabilities.shape[0]} classes (use a run trained with --data.target three_class)"
+        )
+    return instances_from_foreground(probabilities[1], config)
+
+
+def membrane_config(membrane_class: int) -> InstanceConfig:
+    """The membrane route's settings (tuned on ISBI 2012 validation sections) for this boundary class."""
+    return InstanceConfig(method="membrane", membrane_class=membrane_class)
+
+
+def default_instance_method(
+    target: str, class_names: Sequence[str], membrane_class: Optional[int] = None
+) -> str:
+    """The route a run's objects take unless the user picks one: from its ``data.target`` and, for
+    membrane data, ``data.membrane_class``."""
+    if membrane_class is not None and target == "semantic":
+        return "membrane"
+    if target == "flows":
+        return "flows"
+    if target == "three_class" or list(class_names) == list(ClassInfo.three_class().names):
+        return "three_class"
+    return "watershed"
 
 
 def otsu_watershed(image: np.ndarray, config: Optional[InstanceConfig] = None) -> np.ndarray:
@@ -267,6 +394,46 @@ class CocoCollection:
     def write(self, path: Union[str, Path]) -> None:
         """Write the COCO JSON atomically."""
         atomic_write_json(path, self.to_dict())
+
+    def write_merged(self, path: Union[str, Path]) -> None:
+        """Write the COCO JSON atomically, keeping the images of a COCO file already at ``path`` that this
+        collection does not have (by file name): ``predict`` run again into the same folder adds to it.
+
+        A file there that is not a COCO file raises :class:`~unetkit.data.io.DataError` and is kept.
+        """
+        from .data.io import DataError
+
+        path = Path(path)
+        merged = CocoCollection(self.category)
+        if path.exists():
+            names = {image["file_name"] for image in self.images}
+            try:
+                old = json.loads(path.read_text(encoding="utf-8"))
+                by_image: dict[Any, list[dict[str, Any]]] = {}
+                for annotation in old["annotations"]:
+                    by_image.setdefault(annotation["image_id"], []).append(annotation)
+                kept = [(image, by_image.get(image["id"], [])) for image in old["images"]
+                        if image["file_name"] not in names]
+            except (ValueError, TypeError, KeyError) as exc:
+                raise DataError(
+                    f"{path}: exists but is not a COCO file ({type(exc).__name__}: {exc}); the objects of "
+                    "this run were not added to it; move it away and run again (finished images are skipped)"
+                ) from exc
+            for image, annotations in kept:
+                merged._add_entry(image, annotations)
+        by_id: dict[int, list[dict[str, Any]]] = {}
+        for annotation in self.annotations:
+            by_id.setdefault(annotation["image_id"], []).append(annotation)
+        for image in self.images:
+            merged._add_entry(image, by_id.get(image["id"], []))
+        merged.write(path)
+
+    def _add_entry(self, image: dict[str, Any], annotations: Sequence[dict[str, Any]]) -> None:
+        """Add an image entry and its annotations taken from another collection, with new ids."""
+        image_id = len(self.images) + 1
+        self.images.append({**image, "id": image_id})
+        for annotation in annotations:
+            self.annotations.append({**annotation, "id": len(self.annotations) + 1, "image_id": image_id})
 
 
 def coco_dataset(

@@ -10,16 +10,17 @@ Empty cases (a class absent from the truth, the prediction, or both):
   prediction on an empty truth is 1.0; recall for a class absent from the truth but predicted
   somewhere is 0.0 because its precision is then 0.0 too, and Dice is 0.0).
 - Multi-class means (``mean_dice``, ``mean_iou``) average over the classes present in the truth
-  or the prediction of that image, so classes absent from both do not inflate them. For a
-  binary problem (``K == 2``) ``dice``/``iou``/``precision``/``recall`` are the foreground
-  (class 1) values.
-- Hausdorff 95: 0.0 when both masks are empty, ``nan`` (undefined; left out of means) when
-  exactly one is empty.
+  or the prediction of that image, so classes absent from both do not inflate them; the dataset
+  scores (``global_dice``, ``global_iou``) likewise average over the classes present somewhere in
+  the dataset and name the others in ``absent_classes``. For a binary problem (``K == 2``)
+  ``dice``/``iou``/``precision``/``recall`` are the foreground (class 1) values.
+- Hausdorff 95: 0.0 when both masks are empty, ``nan`` (undefined) when exactly one is: a miss.
+  An image's ``hd95`` is ``nan`` when any of its scored classes is a miss; dataset means leave
+  those images out and ``hd95_misses`` counts them.
 - Rand error: a truth with no cells (all membrane) scores no pixel, so the error is 0.0.
 
-The warping error of the ISBI 2012 challenge is not implemented (a faithful version needs the
-challenge's topology-preserving warping of the prediction onto the truth; an approximation would
-not be comparable with published numbers).
+The warping error of the ISBI 2012 challenge (topological mistakes after simple-point warping, as the
+challenge's script computes it) is :func:`unetkit.warping.warping_error`, exported here too.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from .instance_metrics import (  # noqa: F401
     iou_matrix,
     match_counts,
 )
+from .warping import warping_error  # noqa: F401
 
 
 def confusion_matrix(
@@ -78,6 +80,13 @@ def _class_counts(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     fn = cm.sum(axis=1) - tp
     absent = (tp + fp + fn) == 0
     return tp, fp, fn, absent
+
+
+def _in_play(cm: np.ndarray) -> np.ndarray:
+    """``(K,)`` bool: the classes present in the truth or the prediction (all of them when none is,
+    i.e. when no pixel is scored), the classes that multi-class means average over."""
+    absent = _class_counts(cm)[3]
+    return ~absent if (~absent).any() else np.ones_like(absent)
 
 
 def dice_per_class(cm: np.ndarray) -> np.ndarray:
@@ -261,7 +270,8 @@ def segmentation_metrics(
     Keys: ``pixel_accuracy``, ``pixel_error``, ``dice``, ``iou``, ``precision``, ``recall``
     (foreground for ``K == 2``, mean over the classes in play otherwise), ``mean_dice``,
     ``mean_iou``, per-class ``dice_<name>``/``iou_<name>``, and with ``boundary_metrics``
-    ``hd95`` (foreground / mean over classes) and, for ``K == 2``, ``rand_error``.
+    ``hd95`` (foreground / mean over the classes in play; ``nan`` when one of them is a miss: in
+    exactly one of prediction and truth) and, for ``K == 2``, ``rand_error``.
     Ignored pixels count as background for the boundary metrics' shapes but not in the scores.
     """
     pred = np.asarray(pred)
@@ -270,8 +280,7 @@ def segmentation_metrics(
     cm = confusion_matrix(pred, truth, num_classes, ignore_index)
     dice, iou = dice_per_class(cm), iou_per_class(cm)
     precision, recall = precision_per_class(cm), recall_per_class(cm)
-    _, _, _, absent = _class_counts(cm)
-    in_play = ~absent if (~absent).any() else np.ones_like(absent)
+    in_play = _in_play(cm)
     scored = np.ones(truth.shape, bool) if ignore_index is None else truth != ignore_index
     out: dict[str, Any] = {"pixel_accuracy": pixel_accuracy(cm)}
     out["pixel_error"] = 1.0 - out["pixel_accuracy"]
@@ -294,9 +303,8 @@ def segmentation_metrics(
         out[f"iou_{name}"] = float(iou[k])
     if boundary_metrics:
         classes = [1] if num_classes == 2 else [k for k in range(num_classes) if in_play[k]]
-        out["hd95"] = _nanmean(
-            [hausdorff95((pred == k) & scored, (truth == k) & scored, spacing) for k in classes]
-        )
+        distances = [hausdorff95((pred == k) & scored, (truth == k) & scored, spacing) for k in classes]
+        out["hd95"] = float(np.mean(distances))  # nan when any class is a miss
         if num_classes == 2:
             out["rand_error"] = rand_error(np.where(scored, pred, 0), np.where(scored, truth, 0))
     out["confusion"] = cm
@@ -307,7 +315,13 @@ def summarize(
     per_image: Sequence[dict[str, Any]], num_classes: int, class_names: Optional[Sequence[str]] = None
 ) -> dict[str, Any]:
     """Dataset summary: the mean of every per-image metric, plus ``global_*`` scores from the summed
-    confusion matrix (the usual "mean IoU over the dataset" of multi-class benchmarks)."""
+    confusion matrix (the usual "mean IoU over the dataset" of multi-class benchmarks).
+
+    Multi-class ``global_dice``/``global_iou`` average over the classes present somewhere in the
+    dataset; ``absent_classes`` names the others (their per-class values are the 1.0 of "absent
+    from both"). ``hd95`` is the mean over the images where it is defined and ``hd95_misses`` the
+    number of images left out because a class was missed or predicted where there is none.
+    """
     if not per_image:
         raise ValueError("no images to summarise")
     names = list(class_names) if class_names is not None else [str(k) for k in range(num_classes)]
@@ -315,10 +329,14 @@ def summarize(
     summary: dict[str, Any] = {k: _nanmean([float(m[k]) for m in per_image]) for k in keys}
     cm = np.sum([m["confusion"] for m in per_image], axis=0)
     dice, iou = dice_per_class(cm), iou_per_class(cm)
+    in_play = _in_play(cm)
     summary["global_pixel_accuracy"] = pixel_accuracy(cm)
-    summary["global_dice"] = float(dice[1]) if num_classes == 2 else float(dice.mean())
-    summary["global_iou"] = float(iou[1]) if num_classes == 2 else float(iou.mean())
+    summary["global_dice"] = float(dice[1]) if num_classes == 2 else float(dice[in_play].mean())
+    summary["global_iou"] = float(iou[1]) if num_classes == 2 else float(iou[in_play].mean())
     summary["global_iou_per_class"] = {name: float(v) for name, v in zip(names, iou)}
     summary["global_dice_per_class"] = {name: float(v) for name, v in zip(names, dice)}
+    summary["absent_classes"] = [name for name, absent in zip(names, _class_counts(cm)[3]) if absent]
+    if "hd95" in summary:
+        summary["hd95_misses"] = sum(math.isnan(float(m["hd95"])) for m in per_image)
     summary["num_images"] = len(per_image)
     return summary

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from unetkit.checkpoint import save_model
@@ -14,8 +15,10 @@ from unetkit.config import RestorationConfig, TrainConfig
 from unetkit.data.classes import ClassInfo
 from unetkit.data.normalize import NormalizeConfig
 from unetkit.data.synthetic import make_synthetic_cells
+from unetkit.export import predictor_for
 from unetkit.losses import LossConfig
 from unetkit.models import PlainFCN, UNet
+from unetkit.serve import ServeOptions, create_app
 from unetkit.utils.atomic import atomic_write_json
 
 
@@ -77,3 +80,18 @@ def cells_png(shape=(96, 128), seed: int = 0, mode: str = "L") -> tuple[bytes, n
     image.save(buffer, format="PNG")
     array = np.asarray(image)
     return buffer.getvalue(), (array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0))
+
+
+def local_client(app, **kwargs) -> TestClient:
+    """A test client of ``app`` that calls the server by a name it answers to (``localhost``)."""
+    return TestClient(app, base_url="http://localhost", **kwargs)
+
+
+def client_for(run: Path, **options) -> TestClient:
+    """A test client of the server of ``run`` (torch, CPU) with these :class:`ServeOptions`."""
+    return local_client(create_app(predictor_for(run, "torch", device="cpu"), ServeOptions(**options)))
+
+
+def post(client: TestClient, data: bytes, name: str = "cells.png", query: str = "", **kwargs):
+    """``POST /predict`` with ``data`` as the multipart field ``file``."""
+    return client.post(f"/predict{query}", files={"file": (name, data, "image/png")}, **kwargs)

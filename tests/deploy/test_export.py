@@ -13,6 +13,8 @@ from deploy_helpers import cells_png, make_restoration_run, make_run, threshold_
 from PIL import Image
 from skimage.draw import disk
 
+from unetkit import export
+from unetkit.checkpoint import ModelLoadError
 from unetkit.cli import main
 from unetkit.data.classes import ClassInfo
 from unetkit.data.degrade import upscale
@@ -245,6 +247,7 @@ def test_contracts_state_the_task_and_older_files_are_segmentation(binary_run, t
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
     onnx.save(proto, str(out))
+    atomic_write_json(sidecar_path(out), {k: v for k, v in contract.items() if k not in ("task", "scale")})
     predictor = predictor_for(out, "onnxruntime", device="cpu")
     assert (predictor.model.task, predictor.model.scale) == ("segmentation", 1)
     assert predictor.task == "segmentation"
@@ -253,3 +256,61 @@ def test_contracts_state_the_task_and_older_files_are_segmentation(binary_run, t
         build_contract(tiny_unet(), task="denoise")
     with pytest.raises(ValueError, match="scale must be 1"):
         build_contract(tiny_unet(), scale=2)
+
+
+def test_the_torchscript_contract_is_read_without_loading_the_module(binary_run, tmp_path, monkeypatch):
+    ts = export_run(binary_run, "torchscript", tmp_path / "m.torchscript.pt")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.jit.load runs the code stored in the file")
+
+    monkeypatch.setattr(torch.jit, "load", refuse)
+    assert read_contract(ts) == json.loads(sidecar_path(ts).read_text())
+
+
+@pytest.mark.parametrize("fmt, name", [("onnx", "m.onnx"), ("torchscript", "m.torchscript.pt")])
+def test_an_export_killed_before_its_contract_is_caught_on_load(binary_run, tmp_path, monkeypatch, fmt, name):
+    out = export_run(binary_run, fmt, tmp_path / name)
+    other = make_run(tmp_path / "other", tiny_unet(base_channels=8))
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(export, "atomic_write_json", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        export_run(other, fmt, out)  # the new file is written, its contract beside it is not
+    monkeypatch.undo()
+    with pytest.raises(ModelLoadError, match=f"{name}.json does not match the contract inside"):
+        read_contract(out)
+    sidecar_path(out).unlink()  # the contract inside the file is the one that counts
+    assert read_contract(out)["model"]["base_channels"] == 8
+
+
+@pytest.mark.parametrize(
+    "name, backend, data, says",
+    [
+        ("m.onnx", "onnxruntime", b"not an onnx file", "m.onnx"),
+        ("m.torchscript.pt", "torchscript", b"not a zip", "m.torchscript.pt"),
+        ("m.onnx", "onnxruntime", None, "m.onnx: the network in its contract is not valid: model config"),
+    ],
+    ids=["onnx-garbage", "torchscript-garbage", "onnx-contract-base-2048"],
+)
+def test_predict_turns_a_damaged_export_into_a_message(binary_run, tmp_path, capsys, name, backend, data,
+                                                       says):
+    path = tmp_path / name
+    if data is None:  # a crafted contract: a network of absurd size
+        import onnx
+
+        proto = onnx.load(str(export_run(binary_run, "onnx", path)))
+        for entry in proto.metadata_props:
+            if entry.key == "model":
+                entry.value = json.dumps({**json.loads(entry.value), "base_channels": 2048})
+        onnx.save(proto, str(path))
+        sidecar_path(path).unlink()
+    else:
+        path.write_bytes(data)
+    image = tmp_path / "cells.png"
+    image.write_bytes(cells_png(shape=(16, 16))[0])
+    assert main(["predict", str(path), str(image), "--out", str(tmp_path / "out"), "--backend", backend]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and says in err

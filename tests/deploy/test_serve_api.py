@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from deploy_helpers import cells_png, make_restoration_run, make_run, threshold_model
+from deploy_helpers import (
+    cells_png,
+    client_for,
+    local_client,
+    make_restoration_run,
+    make_run,
+    post,
+    threshold_model,
+)
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -25,14 +33,6 @@ from unetkit.inference.restore import LUMINANCE_NOTE, to_dtype
 from unetkit.instances import instances_from_foreground
 from unetkit.models import PlainFCN
 from unetkit.serve import BoundedQueue, Limits, QueueFull, ServeOptions, create_app
-
-
-def client_for(run, **options) -> TestClient:
-    return TestClient(create_app(predictor_for(run, "torch", device="cpu"), ServeOptions(**options)))
-
-
-def post(client: TestClient, data: bytes, name: str = "cells.png", query: str = "", **kwargs):
-    return client.post(f"/predict{query}", files={"file": (name, data, "image/png")}, **kwargs)
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -229,7 +229,7 @@ def test_upload_names_are_never_used_as_paths(client, tmp_path):
 def test_full_queue_answers_503_with_retry_after(served_run):
     app = create_app(predictor_for(served_run, "torch", device="cpu"), ServeOptions(queue_size=1))
     release = threading.Event()
-    with TestClient(app) as client:
+    with local_client(app) as client:
         # Hold the only slot with a job that waits, as a long prediction would.
         held = client.portal.start_task_soon(app.state.queue.run, release.wait, 10)
         response = post(client, cells_png()[0])
@@ -278,7 +278,7 @@ def test_serve_command_errors(tmp_path, capsys):
 
 def test_serving_an_exported_onnx_file(served_run, tmp_path):
     exported = export_run(served_run, "onnx", tmp_path / "shipped.onnx")
-    client = TestClient(create_app(predictor_for(exported, "onnxruntime", device="cpu"),
+    client = local_client(create_app(predictor_for(exported, "onnxruntime", device="cpu"),
                                    ServeOptions(backend="onnxruntime")))
     info = client.get("/model").json()
     assert info["backend"] == "onnxruntime" and info["normalize"]["mode"] == "percentile"
@@ -371,7 +371,7 @@ def test_super_resolution_answers_scale_times_larger(tmp_path):
     expected = to_dtype(Predictor.from_run(run, device="cpu").restore(pixels), np.uint8)
     np.testing.assert_array_equal(np.asarray(restored)[None], expected)
     exported = export_run(run, "onnx", tmp_path / "sr.onnx")  # the exported file serves the same
-    onnx_client = TestClient(create_app(predictor_for(exported, "onnxruntime", device="cpu"),
+    onnx_client = local_client(create_app(predictor_for(exported, "onnxruntime", device="cpu"),
                                         ServeOptions(backend="onnxruntime")))
     info = onnx_client.get("/model").json()
     assert (info["task"], info["scale"], info["backend"]) == ("restoration", 2, "onnxruntime")

@@ -194,6 +194,28 @@ def test_a_super_resolution_stage_must_fit_the_stage_before(class_run, tmp_path,
     assert "rgb.png" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
+def test_broken_condition_files_are_named_and_the_others_drawn(tmp_path, capsys):
+    from broken_corpus import BROKEN, GOOD, assert_each_named_once, write_corpus
+
+    rng = np.random.default_rng(0)
+    images = tmp_path / "hr"
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(images / f"{i}.png")
+    sr = tmp_path / "sr"
+    assert train_cli(images, sr, "--condition", "low-res", "--scale", "2", "--data.patch-size", "8") == 0
+    conditions = tmp_path / "conditions"
+    write_corpus(conditions)
+    capsys.readouterr()
+    out = tmp_path / "out"
+    code = main(["generate", str(sr), "--out", str(out), "--condition", str(conditions), "--steps", "1"])
+    captured = capsys.readouterr()
+    assert code == 1 and "Traceback" not in captured.err
+    assert_each_named_once(captured.out, {**BROKEN, "stack.tif": "shape"})
+    assert sorted(p.stem for p in out.iterdir() if p.stem not in ("grid", "generate")) == sorted(
+        Path(n).stem for n in GOOD)
+
+
 def test_sixteen_bit_images_are_generated_as_sixteen_bit_tiffs(tmp_path):
     data = bars(tmp_path / "bars16", n=3, dtype=np.uint16)
     run = tmp_path / "run"

@@ -34,7 +34,7 @@ def write_rgb_dataset(root, n=3, size=64, classes=4):
 
 
 def test_plan_fits_images_machine_and_classes(cells, tmp_path):
-    plan = plan_training(cells, machine=CPU, measure=False)
+    plan = plan_training(cells, machine=CPU, measure=False, target="semantic")
     c = plan.config
     assert c.data.patch_size <= 96 and c.data.patch_size % 2**c.model.depth == 0
     assert c.model.num_classes == 1 and c.model.in_channels == 1 and c.model.padding == "same"
@@ -42,7 +42,7 @@ def test_plan_fits_images_machine_and_classes(cells, tmp_path):
     assert "patch" in plan.format() and len(plan.reasons) >= 6
     assert plan.fingerprint.median_object_diameter > 0
 
-    on_gpu = plan_training(cells, machine=GPU, measure=False).config
+    on_gpu = plan_training(cells, machine=GPU, measure=False, target="semantic").config
     assert on_gpu.model.base_channels > c.model.base_channels and on_gpu.data.batch_size > c.data.batch_size
 
     rgb = plan_training(write_rgb_dataset(tmp_path / "rgb"), machine=CPU, measure=False)

@@ -7,10 +7,13 @@ import sys
 import time
 
 import pytest
+import torch
 
 from unetkit.cli import main
 from unetkit.data.synthetic import write_synthetic_dataset
+from unetkit.models import UNet
 from unetkit.training import Run
+from unetkit.training.state import Progress, latest_checkpoint, load_state, save_state
 from unetkit.training.trainer import lr_factor
 
 SETTINGS = {
@@ -73,8 +76,8 @@ def test_interrupted_run_resumes_where_it_stopped(data, reference, tmp_path, how
         assert "state saved" in output and "--resume" in output
     else:
         assert proc.returncode == -signal.SIGKILL
-    stopped_at = json.loads((out / "state" / "latest.json").read_text())["checkpoint"]
-    assert int(stopped_at.rsplit("-", 1)[1]) >= 2  # at most the epoch in progress is lost
+    committed = json.loads((latest_checkpoint(out) / "trainer.json").read_text())
+    assert committed["epoch"] >= 2  # at most the epoch in progress is lost
 
     command = [sys.executable, "-m", "unetkit", "train", "--resume", str(out), "--no-progress"]
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -100,3 +103,33 @@ def test_resume_refuses_config_changes_and_missing_state(reference, tmp_path, ca
     assert "not a run folder" in capsys.readouterr().err
     assert main(["train", "--resume", str(reference.path), "--model.depth", "3"]) == 2
     assert "a resumed run keeps its config" in capsys.readouterr().err
+
+
+def test_a_kill_while_the_last_checkpoint_is_rewritten_keeps_the_run_resumable(tmp_path, monkeypatch):
+    """The end of a run saves the state again at the same step and epoch: the folder that
+    ``latest.json`` names must survive a kill in the middle of that save."""
+    model = UNet(1, 1, depth=1, base_channels=2, padding="same")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(1, 1, 8, 8)).sum().backward()
+    optimizer.step()
+    save_state(tmp_path, model, optimizer, Progress(epoch=2, step=16, status="running"))
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(torch, "save", killed)  # dies writing the optimiser, after the weights
+    with pytest.raises(RuntimeError, match="killed"):
+        save_state(tmp_path, model, optimizer, Progress(epoch=2, step=16, status="done"))
+    monkeypatch.undo()
+
+    fresh = UNet(1, 1, depth=1, base_channels=2, padding="same")
+    fresh_optimizer = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+    progress = load_state(tmp_path, fresh, fresh_optimizer)
+    assert (progress.epoch, progress.step, progress.status) == (2, 16, "running")
+    for a, b in zip(fresh.parameters(), model.parameters()):
+        torch.testing.assert_close(a, b)
+    assert fresh_optimizer.state_dict()["state"].keys() == optimizer.state_dict()["state"].keys()
+
+    save_state(tmp_path, model, optimizer, Progress(epoch=2, step=16, status="done"))
+    assert load_state(tmp_path, fresh, fresh_optimizer).status == "done"
+    assert len(list((tmp_path / "state").glob("ckpt-*"))) == 1  # the earlier folders are gone

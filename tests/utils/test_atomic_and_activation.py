@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 import torch
 
@@ -25,6 +28,16 @@ def test_temp_file_keeps_the_suffix_for_format_detection(tmp_path):
         assert tmp.suffix == ".png" and tmp.parent == tmp_path / "sub"
         tmp.write_bytes(b"x")
     assert (tmp_path / "sub" / "mask.png").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_written_files_honour_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "shared.txt", "for a colleague")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "shared.txt").stat().st_mode) == mode
 
 
 def test_activation_sigmoid_for_one_channel_softmax_otherwise():

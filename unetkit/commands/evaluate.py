@@ -5,6 +5,9 @@ image | truth | prediction overlays) and ``masks/`` (the predictions, in the tra
 A restoration run is scored by PSNR and SSIM on ``inputs/`` + ``targets/`` pairs, or on clean images
 degraded as in training (``--noise`` to choose another noise); the report shows input | output |
 target crops and ``restored/`` holds the outputs.
+
+An image or mask that cannot be read or scored is named with its reason (in ``summary.json`` as
+``failed`` and in the report), the others are scored, and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -91,4 +94,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  mean IoU over the dataset {summary['global_iou']:.4f}")
     per_image = f"  per image: {out / 'per_image.csv'}" if (out / "per_image.csv").is_file() else ""
     print(f"report: {out / 'report.md'}{per_image}  summary: {out / 'summary.json'}")
-    return 0
+    for failure in summary.get("failed", []):
+        print(f"failed: {failure}")
+    return 1 if summary.get("failed") else 0

@@ -6,7 +6,8 @@ stage, label masks for a mask-to-image run) and draws one sample per file. Sever
 cascade: the first generates, each next one (a super-resolution stage) raises the resolution of the
 stage before. Each sample is written as ``DIR/sample_NNNN.png`` (TIFF for 16-bit or float data; named
 after the condition file when there is one), with ``grid.png`` of them all and ``generate.json``
-(the settings). Everything is checked before the first sample is drawn; files are written whole.
+(the settings). Everything is checked before the first sample is drawn; files are written whole. A
+condition file that cannot be read or drawn from is named at the end (exit code 1), the others are drawn.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.io import DataError, list_images
+from ..data.io import DataError, failure_message, list_images
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -89,9 +90,22 @@ def run(args: argparse.Namespace) -> int:
         if files and first.condition not in ("low_res", "mask"):
             raise ValueError(f"{args.runs[0]} is not image-conditioned; --condition does not apply")
         read = read_low_res if first.condition == "low_res" else read_mask
-        conditions = [read(first, f) for f in files]
     except (DataError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    failures: list[str] = []
+    conditions: dict[Path, torch.Tensor] = {}
+    for path in files:
+        try:
+            if any(f.stem == path.stem for f in conditions):
+                raise DataError(f"{path}: another condition file has the same name {path.stem!r}; "
+                                "generate from it into another --out")
+            conditions[path] = read(first, path)
+        except Exception as exc:  # noqa: BLE001 - one file's failure must not stop the batch
+            failures.append(failure_message(path, exc))
+    if files and not conditions:
+        for failure in failures:
+            print(f"error: {failure}", file=sys.stderr)
         return 2
     out = Path(args.out)
     options: dict[str, Any] = dict(
@@ -100,10 +114,14 @@ def run(args: argparse.Namespace) -> int:
     )
     started = time.perf_counter()
     if conditions:
-        names = [f.stem for f in files]
-        results = [_cascade(stages, 1, condition=c, options=options, noise=args.condition_noise)
-                   for c in conditions]
-        samples = [r[0] for r in results]
+        drawn: dict[Path, torch.Tensor] = {}
+        for path, condition in conditions.items():
+            try:
+                drawn[path] = _cascade(stages, 1, condition=condition, options=options,
+                                       noise=args.condition_noise)[0]
+            except Exception as exc:  # noqa: BLE001 - one file's failure must not stop the batch
+                failures.append(failure_message(path, exc))
+        names, samples = [f.stem for f in drawn], list(drawn.values())
     else:
         n = args.n or 64
         labels = first.labels(n, args.class_name)
@@ -113,8 +131,11 @@ def run(args: argparse.Namespace) -> int:
     last = stages[-1]
     written = []
     for name, s in zip(names, samples):
-        data = last.to_data(s[None])[0]
-        written.append(save_restored(_sample_path(out, name, last.dtype), data))
+        path = _sample_path(out, name, last.dtype)
+        try:
+            written.append(save_restored(path, last.to_data(s[None])[0]))
+        except Exception as exc:  # noqa: BLE001 - one file's failure must not stop the batch
+            failures.append(failure_message(path, exc))
     if all(s.ndim == 3 for s in samples) and len({tuple(s.shape) for s in samples}) == 1:
         save_grid(out / "grid.png", [s.numpy() for s in samples], columns=min(8, len(samples)))
     atomic_write_json(out / "generate.json", {
@@ -124,7 +145,9 @@ def run(args: argparse.Namespace) -> int:
         **options,
     })
     print(f"{len(written)} samples in {out} ({seconds:.1f} s, {seconds / max(len(written), 1):.3f} s each)")
-    return 0
+    for failure in failures:
+        print(f"failed: {failure}")
+    return 1 if failures else 0
 
 
 def _cascade(stages: list, n: int, *, options: dict[str, Any], noise: float, **first: Any) -> torch.Tensor:

@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
+import json
 import sys
 from pathlib import Path
+from typing import Iterator, Optional
 
 import numpy as np
 
 from ..data.classes import ClassInfo
-from ..data.io import DataError, is_image_path, is_volume_path, list_images, stem_of
+from ..data.io import (
+    DataError,
+    failure_message,
+    is_image_path,
+    is_volume_path,
+    list_images,
+    read_label_image,
+    stem_of,
+)
 from ..instances import (
     INSTANCE_METHODS,
     CocoCollection,
     InstanceConfig,
-    instances_from_foreground,
-    instances_from_three_class,
+    default_instance_method,
+    instances_from_membranes,
+    instances_from_probabilities,
+    membrane_config,
     object_table,
     save_instance_labels,
     write_object_table,
@@ -57,8 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also separate objects: DIR/<stem>_instances.tif, DIR/<stem>_objects.csv and "
                              "one DIR/objects_coco.json for all 2D inputs")
     parser.add_argument("--instance-method", choices=INSTANCE_METHODS,
-                        help="watershed (default), components, or three_class (default for a run trained "
-                             "with --data.target three_class)")
+                        help="watershed (default), components, three_class (default for a run trained "
+                             "with --target three-class), flows (default for --target flows) or membrane "
+                             "(default for membrane data such as EM, see the plan)")
     parser.add_argument("--min-size", type=int, default=InstanceConfig.min_size,
                         help="drop objects smaller than this many pixels "
                              f"(default {InstanceConfig.min_size})")
@@ -95,6 +109,35 @@ def collect_inputs(patterns: list[str]) -> tuple[list[Path], list[str]]:
     return files, problems
 
 
+def failed(failures: list[str], message: str) -> None:
+    """Record one file's failure and show it now, above the progress bar."""
+    from tqdm.auto import tqdm
+
+    failures.append(message)
+    tqdm.write(f"FAILED {message}", file=sys.stderr)
+
+
+def each_file(files: list[Path], failures: list[str], verb: str) -> Iterator[Path]:
+    """The input files in turn, with a progress bar; a second input with the same name (same outputs)
+    is a failure, not a file to do."""
+    from tqdm.auto import tqdm
+
+    stems: set[str] = set()
+    for src in tqdm(files, unit="file", desc="files", disable=len(files) < 2):
+        stem = stem_of(src)
+        if stem in stems:
+            failed(failures, f"{src}: another input has the same name {stem!r}; {verb} it into another --out")
+            continue
+        stems.add(stem)
+        yield src
+
+
+def add_2d_objects(coco: CocoCollection, file_name: str, instances: np.ndarray) -> None:
+    """Add a 2D instance image to the COCO file of the run (3D volumes have none)."""
+    if instances.ndim == 2:
+        coco.add(file_name, instances)
+
+
 def _save_overlay(path: Path, image: np.ndarray, labels: np.ndarray, colors) -> None:
     from PIL import Image
 
@@ -107,28 +150,37 @@ def _save_overlay(path: Path, image: np.ndarray, labels: np.ndarray, colors) -> 
         Image.fromarray(overlay(image, labels, colors)).save(tmp, format="PNG")
 
 
-def instance_config(args: argparse.Namespace, classes: ClassInfo, target: str) -> InstanceConfig:
-    """The instance route for this run: the 3-class route for a run trained on that target."""
-    three_class = target == "three_class" or list(classes.names) == list(ClassInfo.three_class().names)
-    method = args.instance_method or ("three_class" if three_class else "watershed")
+def run_membrane_class(run: str) -> Optional[int]:
+    """``data.membrane_class`` of a RUN folder (``None`` for other runs and exported models)."""
+    config = Path(run) / "config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text()).get("data", {}).get("membrane_class")
+
+
+def instance_config(args: argparse.Namespace, classes: ClassInfo, target: str,
+                    membrane_class: Optional[int] = None) -> InstanceConfig:
+    """The instance route for this run: its target's route (three-class, flows), the membrane route for
+    membrane data, the distance-transform watershed otherwise; ``--instance-method`` overrides."""
+    method = args.instance_method or default_instance_method(target, classes.names, membrane_class)
+    if method == "membrane":
+        return dataclasses.replace(membrane_config(membrane_class or 0), min_size=args.min_size)
     return InstanceConfig(method=method, min_size=args.min_size, min_distance=args.min_distance)
 
 
-def segment_objects(probabilities: np.ndarray, config: InstanceConfig) -> np.ndarray:
-    """Per-class probabilities ``(K, *S)`` -> instance labels ``(*S)`` by the configured route."""
-    if config.method == "three_class":
-        return instances_from_three_class(probabilities, config)
-    if probabilities.shape[0] != 2:
-        raise ValueError(
-            f"--instances with method {config.method!r} needs a binary (foreground) model; this one has "
-            f"{probabilities.shape[0]} classes (use a run trained with --data.target three_class)"
-        )
-    return instances_from_foreground(probabilities[1], config)
+def write_objects(out_dir: Path, stem: str, result, config: InstanceConfig, classes: ClassInfo,
+                  mask: Path) -> np.ndarray:
+    """Write ``<stem>_instances.tif`` and ``<stem>_objects.csv``; return the label image.
 
-
-def write_objects(out_dir: Path, stem: str, result, config: InstanceConfig) -> np.ndarray:
-    """Write ``<stem>_instances.tif`` and ``<stem>_objects.csv``; return the label image."""
-    labels = segment_objects(result.probabilities, config)
+    The membrane route also draws its watershed lines into the ``mask`` as membrane, so that the
+    mask's connected cells are the closed cells of the label image."""
+    if config.method == "membrane":
+        labels, lines = instances_from_membranes(result.probabilities, config)
+        if lines.any():
+            result.labels[lines] = config.membrane_class
+            classes.save_mask(mask, result.labels)
+    else:
+        labels = instances_from_probabilities(result.probabilities, config)
     save_instance_labels(out_dir / f"{stem}_instances.tif", labels)
     write_object_table(out_dir / f"{stem}_objects.csv", object_table(labels, result.image))
     return labels
@@ -159,64 +211,62 @@ def run(args: argparse.Namespace) -> int:
     inputs = {f.resolve() for f in files}
     counts = np.zeros(predictor.num_classes, dtype=np.int64)
     done = skipped = 0
-    stems: set[str] = set()
-    objects_config = instance_config(args, classes, predictor.target) if args.instances else None
+    objects_config = None
+    if args.instances:
+        objects_config = instance_config(args, classes, predictor.target, run_membrane_class(args.run))
     coco = CocoCollection()
 
     def report(message: str) -> None:
         tqdm.write(message, file=sys.stderr)
 
-    for src in tqdm(files, unit="file", desc="files", disable=len(files) < 2):
+    for src in each_file(files, failures, "predict"):
         stem = stem_of(src)
-        if stem in stems:
-            failures.append(f"{src}: another input has the same name {stem!r}; predict it into another --out")
-            report(f"FAILED {failures[-1]}")
-            continue
-        stems.add(stem)
-        big_3d = is_volume_path(src) or classes.num_classes > 256
-        mask = out_dir / f"{stem}{'.tif' if big_3d else '.png'}"
-        if streams(predictor, src, mask):
-            mask = mask.with_suffix(".tif")
-        prob = out_dir / f"{stem}_prob.tif" if args.save_probabilities else None
-        over = out_dir / f"{stem}_overlay.png" if args.overlay else None
-        objects = out_dir / f"{stem}_instances.tif" if objects_config else None
-        outputs = [p for p in (mask, prob, over, objects) if p is not None]
-        clash = [p for p in outputs if p.resolve() in inputs]
-        if clash:
-            failures.append(f"{src}: output {clash[0]} is an input file; choose another --out")
-            report(f"FAILED {failures[-1]}")
-            continue
-        existing = [p for p in outputs if p.exists()]
-        if existing and not args.overwrite:
-            report(f"skipped {src}: {existing[0]} exists (use --overwrite to replace it)")
-            skipped += 1
-            continue
         try:
+            big_3d = is_volume_path(src) or classes.num_classes > 256
+            mask = out_dir / f"{stem}{'.tif' if big_3d else '.png'}"
+            streamed = streams(predictor, src, mask)
+            if streamed:
+                mask = mask.with_suffix(".tif")
+            prob = out_dir / f"{stem}_prob.tif" if args.save_probabilities else None
+            # A streamed image gets no overlay and no objects (they need it whole in memory).
+            over = out_dir / f"{stem}_overlay.png" if args.overlay and not streamed else None
+            objects = out_dir / f"{stem}_instances.tif" if objects_config and not streamed else None
+            table = out_dir / f"{stem}_objects.csv" if objects is not None else None
+            outputs = [p for p in (mask, prob, over, objects, table) if p is not None]
+            clash = [p for p in outputs if p.resolve() in inputs]
+            if clash:
+                failed(failures, f"{src}: output {clash[0]} is an input file; choose another --out")
+                continue
+            missing = [p for p in outputs if not p.exists()]
+            if not missing and not args.overwrite:
+                report(f"skipped {src}: its outputs exist (use --overwrite to replace them)")
+                if objects is not None:
+                    add_2d_objects(coco, src.name, read_label_image(objects))
+                skipped += 1
+                continue
+            if len(missing) < len(outputs) and not args.overwrite:
+                report(f"redoing {src}: {missing[0].name} is missing (an earlier run stopped part way)")
+            if streamed and (args.overlay or objects_config):
+                report(f"note: {src} is streamed (too big for memory); no overlay or objects written")
             result = predictor.predict_file(src, mask, probabilities=prob, channels=args.channels)
+            if objects is not None:
+                instances = write_objects(out_dir, stem, result, objects_config, classes, mask)
+                add_2d_objects(coco, src.name, instances)
+                report(f"{src}: {int(instances.max())} objects")
             if over is not None:
-                if result.labels is None:
-                    report(f"note: {src} was streamed (too big for memory); no overlay written")
-                else:
-                    _save_overlay(over, result.image, result.labels, classes.colors)
-            if objects_config is not None:
-                if result.probabilities is None:
-                    report(f"note: {src} was streamed (too big for memory); no objects written")
-                else:
-                    instances = write_objects(out_dir, stem, result, objects_config)
-                    if instances.ndim == 2:
-                        coco.add(src.name, instances)
-                    report(f"{src}: {int(instances.max())} objects")
-        except (DataError, ValueError, OSError) as exc:
-            message = str(exc) if str(src) in str(exc) else f"{src}: {exc}"
-            failures.append(message)
-            report(f"FAILED {message}")
+                _save_overlay(over, result.image, result.labels, classes.colors)
+        except Exception as exc:  # noqa: BLE001 - one file's failure must not stop the batch
+            failed(failures, failure_message(src, exc))
             continue
         done += 1
         counts += result.class_counts
         if result.class_counts[1:].sum() == 0:
             report(f"warning: {src}: every pixel predicted as {classes.names[0]!r}")
     if coco.images:
-        coco.write(out_dir / "objects_coco.json")
+        try:
+            coco.write_merged(out_dir / "objects_coco.json")
+        except (DataError, OSError) as exc:
+            failed(failures, str(exc))
     print(summary(done, skipped, failures, counts, classes.names, out_dir))
     return 1 if failures or not (done or skipped) else 0
 
@@ -256,32 +306,23 @@ def restore_files(args: argparse.Namespace, predictor, files: list[Path], failur
     out_dir = Path(args.out)
     inputs = {f.resolve() for f in files}
     done = skipped = 0
-    stems: set[str] = set()
-    for src in tqdm(files, unit="file", desc="files", disable=len(files) < 2):
+    for src in each_file(files, failures, "restore"):
         stem = stem_of(src)
-        if stem in stems:
-            failures.append(f"{src}: another input has the same name {stem!r}; restore it into another --out")
-            tqdm.write(f"FAILED {failures[-1]}", file=sys.stderr)
-            continue
-        stems.add(stem)
-        # The output is <stem>.png or <stem>.tif depending on the image read; either one counts.
-        existing = [p for p in (out_dir / f"{stem}.png", out_dir / f"{stem}.tif") if p.exists()]
-        if any(p.resolve() in inputs for p in existing):
-            failures.append(f"{src}: output {existing[0]} is an input file; choose another --out")
-            tqdm.write(f"FAILED {failures[-1]}", file=sys.stderr)
-            continue
-        if existing and not args.overwrite:
-            tqdm.write(f"skipped {src}: {existing[0]} exists (--overwrite replaces it)", file=sys.stderr)
-            skipped += 1
-            continue
         try:
+            # The output is <stem>.png or <stem>.tif depending on the image read; either one counts.
+            existing = [p for p in (out_dir / f"{stem}.png", out_dir / f"{stem}.tif") if p.exists()]
+            if any(p.resolve() in inputs for p in existing):
+                failed(failures, f"{src}: output {existing[0]} is an input file; choose another --out")
+                continue
+            if existing and not args.overwrite:
+                tqdm.write(f"skipped {src}: {existing[0]} exists (--overwrite replaces it)", file=sys.stderr)
+                skipped += 1
+                continue
             path, note = restore_file(
                 predictor, src, out_dir, float_output=args.float, channels=args.channels
             )
-        except (DataError, ValueError, OSError) as exc:
-            message = str(exc) if str(src) in str(exc) else f"{src}: {exc}"
-            failures.append(message)
-            tqdm.write(f"FAILED {message}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - one file's failure must not stop the batch
+            failed(failures, failure_message(src, exc))
             continue
         if note:
             tqdm.write(f"note: {src}: {note}", file=sys.stderr)

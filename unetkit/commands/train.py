@@ -68,9 +68,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--target",
-        choices=("semantic", "three-class"),
-        help="what the network learns: the masks' classes (semantic, default) or background / interior / "
-        "border from the objects (three-class, for instance segmentation; same as --data.target three_class)",
+        choices=("semantic", "three-class", "flows"),
+        help="what the network learns: the masks' classes (semantic), or for touching objects background / "
+        "interior / border (three-class) or the foreground and a flow field towards each object's centre "
+        "(flows); same as --data.target; default: the plan picks from how crowded the objects are",
     )
     parser.add_argument(
         "--task", choices=CLI_TASKS, default="segment",
@@ -156,8 +157,9 @@ def generation_options(args: argparse.Namespace) -> Optional[GenerationConfig]:
 
 def resolve_config(args: argparse.Namespace, overrides: dict[str, str]) -> TrainConfig:
     """The config the options describe (the plan is computed for ``--preset auto``)."""
-    # --target or --data.target: the plan depends on it
-    target = (args.target or overrides.get("data.target", "semantic")).replace("-", "_")
+    # --target or --data.target: the plan depends on it (without either, the plan picks one)
+    target = args.target or overrides.get("data.target")
+    target = target.replace("-", "_") if target else None
     restoration = restoration_options(args)
     generation = generation_options(args)
     if (restoration or generation) is not None and args.target:

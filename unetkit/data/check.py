@@ -41,6 +41,8 @@ class CheckReport:
     ignored_pixels: int = 0
     objects: int = 0
     per_file: list[tuple[str, list[int]]] = field(default_factory=list)
+    #: ``(channels, dimensions)`` of each image read, to name the ones that differ from most.
+    kinds: dict[Path, tuple[int, int]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -107,6 +109,7 @@ def _check_image(sample: Sample, report: CheckReport, pages_as_channels: bool) -
         report.problems.append(str(exc))
         return None
     spatial = image.shape[1:]
+    report.kinds[sample.image] = (image.shape[0], len(spatial))
     report.sizes[spatial] += 1
     report.dtypes[str(image.dtype)] += 1
     report.channels[image.shape[0]] += 1
@@ -122,6 +125,24 @@ def _check_image(sample: Sample, report: CheckReport, pages_as_channels: bool) -
     if image.size and image.min() == image.max():
         report.warnings.append(f"{sample.image}: every pixel has the value {image.flat[0]} (blank image)")
     return spatial
+
+
+def _report_odd_kinds(report: CheckReport) -> None:
+    """Name each image whose channel count or dimension differs from most images' (one problem per file)."""
+    channels = report.channels.most_common(1)[0][0] if report.channels else None
+    dims = report.dims.most_common(1)[0][0] if report.dims else None
+    for path, (c, d) in report.kinds.items():
+        if d != dims:
+            report.problems.append(
+                f"{path}: a {d}D image, but {report.dims[dims]} image(s) are {dims}D "
+                f"({_fmt_counter(report.dims, lambda n: f'{n}D')}); keep one kind per dataset"
+            )
+        elif c != channels:
+            report.problems.append(
+                f"{path}: {c} channel(s), but {report.channels[channels]} image(s) have {channels} "
+                f"(images have different numbers of channels: {_fmt_counter(report.channels)}); convert them "
+                "all to the same (e.g. all greyscale or all RGB)"
+            )
 
 
 def check_dataset(
@@ -171,13 +192,7 @@ def check_dataset(
                     f"{path}: {kind} size {'x'.join(map(str, shape))} differs from the image size "
                     f"{'x'.join(map(str, spatial))} ({sample.image.name}); the two must match pixel for pixel"
                 )
-    if len(report.channels) > 1:
-        report.problems.append(
-            f"{root}: images have different numbers of channels ({_fmt_counter(report.channels)}); "
-            "convert them all to the same (e.g. all greyscale or all RGB)"
-        )
-    if len(report.dims) > 1:
-        report.problems.append(f"{root}: 2D images and 3D volumes are mixed; keep one kind per dataset")
+    _report_odd_kinds(report)
     if not summaries and not report.n_instances:
         return report
     try:

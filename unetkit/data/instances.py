@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-#: What a network is trained to output: the dataset's classes, or background / interior / border.
-TARGETS = ("semantic", "three_class")
+#: What a network is trained to output: the dataset's classes; background / interior / border; or the
+#: foreground and a flow field towards each object's centre (:mod:`unetkit.flows`).
+TARGETS = ("semantic", "three_class", "flows")
 
 
 def label_objects(foreground: np.ndarray) -> np.ndarray:
@@ -28,6 +29,16 @@ def object_borders(instances: np.ndarray, width: int = 2) -> np.ndarray:
     return differs & (instances > 0)
 
 
+def touching_pixels(instances: np.ndarray) -> np.ndarray:
+    """Boolean ``(*S)``: object pixels with a neighbour (of the ``3**D`` neighbourhood) in another object."""
+    instances = np.asarray(instances)
+    beyond = int(instances.max(initial=0)) + 1
+    highest = ndimage.maximum_filter(instances, size=3, mode="constant", cval=0)
+    lowest = ndimage.minimum_filter(np.where(instances > 0, instances, beyond), size=3, mode="constant",
+                                    cval=beyond)
+    return (instances > 0) & ((highest > instances) | (lowest < instances))
+
+
 def three_class_from_instances(instances: np.ndarray, border_width: int = 2) -> np.ndarray:
     """Instance ids ``(*S)`` -> uint8 ``(*S)``: 0 background, 1 interior, 2 border (``border_width`` px)."""
     out = (np.asarray(instances) > 0).astype(np.uint8)
@@ -37,9 +48,10 @@ def three_class_from_instances(instances: np.ndarray, border_width: int = 2) -> 
 
 def to_data_labels(pred: np.ndarray, target: str) -> np.ndarray:
     """A network's class ids ``(*S)`` -> the dataset's: a ``three_class`` network (background /
-    interior / border) predicts foreground (1) wherever it predicts interior or border."""
+    interior / border) predicts foreground (1) wherever it predicts interior or border, a ``flows``
+    network wherever its foreground wins."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-    if target == "three_class":
+    if target in ("three_class", "flows"):
         return (np.asarray(pred) > 0).astype(np.int64)
     return pred

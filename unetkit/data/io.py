@@ -7,11 +7,15 @@ file and says how to fix it.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional, Union
+from typing import TYPE_CHECKING, BinaryIO, Callable, Optional, Sequence, Union
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -19,13 +23,31 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".ni
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: The Pillow formats :func:`decode_picture` opens (formats needing outside programs, e.g. EPS, are not).
+PICTURE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
 
 # TIFF axis letters (tifffile's series.axes) that mean "channel" rather than "space" or "stack".
 _CHANNEL_AXES = "CS"
+#: Most bytes a TIFF or NIfTI file may claim once decoded: a bigger header is refused before anything
+#: is allocated (damaged and hostile files claim sizes like this). Pillow formats have Pillow's own
+#: limit (``PIL.Image.MAX_IMAGE_PIXELS``); 2D TIFFs bigger than memory are streamed by ``predict``.
+MAX_DECODED_BYTES = 8 * 2**30
 
 
 class DataError(ValueError):
     """A problem with the user's data; the message names the file and the fix."""
+
+
+def failure_message(path: PathLike, exc: BaseException) -> str:
+    """One line saying why ``path`` failed, naming the file once (the batch commands' per-file report).
+
+    Errors other than ``ValueError`` (:class:`DataError` is one) and ``OSError`` keep their type name
+    in the message, so that an unexpected failure is not mistaken for a problem with the data.
+    """
+    text = str(exc) or type(exc).__name__
+    if not isinstance(exc, (ValueError, OSError)):
+        text = f"{type(exc).__name__}: {text}"
+    return text if str(path) in text else f"{path}: {text}"
 
 
 def suffix_of(path: PathLike) -> str:
@@ -60,6 +82,38 @@ def _tiff_axes(path: Path) -> tuple[str, tuple[int, ...]]:
         return series.axes, tuple(series.shape)
 
 
+def check_claimed_size(path: PathLike, shape: Sequence[int], dtype: np.dtype) -> None:
+    """Raise :class:`DataError` when a header claims more than :data:`MAX_DECODED_BYTES` decoded."""
+    nbytes = math.prod(int(n) for n in shape) * np.dtype(dtype).itemsize
+    if nbytes > MAX_DECODED_BYTES:
+        raise DataError(
+            f"{path}: the header claims {'x'.join(map(str, shape))} values "
+            f"({nbytes / 2**30:.1f} GiB decoded), more than the {MAX_DECODED_BYTES / 2**30:.0f} GiB read "
+            "at once; if the file is damaged re-export it, if it is real split it into smaller images"
+        )
+
+
+def check_finite(array: np.ndarray, path: PathLike) -> np.ndarray:
+    """``array`` (pixels read from ``path``), or :class:`DataError` when it holds NaN or infinite values."""
+    if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
+        raise DataError(f"{path}: NaN/inf values; replace them (e.g. with 0) or re-export the image")
+    return array
+
+
+def check_tiff_segments(path: PathLike, pages: Sequence, file_size: int) -> None:
+    """Raise :class:`DataError` when a strip or tile of ``pages`` (tifffile pages) ends past the file
+    (empty segments, read as zeros, are not checked)."""
+    for page in pages:
+        if page is None:
+            continue
+        end = max((o + c for o, c in zip(page.dataoffsets, page.databytecounts) if c), default=0)
+        if end > file_size:
+            raise DataError(
+                f"{path}: the file is truncated (its pixel data runs to byte {end}, the file has "
+                f"{file_size}); re-export or re-copy it"
+            )
+
+
 def is_volume_path(path: PathLike) -> bool:
     """True for NIfTI files and TIFF files holding a 3D stack (several pages that are not channels)."""
     suffix = suffix_of(path)
@@ -79,11 +133,18 @@ def _spatial_axes(axes: str) -> str:
 
 
 def _read_error(path: Path, exc: BaseException) -> DataError:
+    from PIL import Image
+
     if not path.exists():
         return DataError(f"{path}: file not found; check the path")
     if path.stat().st_size == 0:
         return DataError(f"{path}: the file is empty (0 bytes); re-export or re-copy it")
     text = str(exc) or type(exc).__name__
+    if isinstance(exc, Image.DecompressionBombError):
+        return DataError(f"{path}: the header claims more pixels than are read at once ({text}); "
+                         "if the file is damaged re-export it, if it is real split it into smaller images")
+    if isinstance(exc, MemoryError):
+        return DataError(f"{path}: not enough memory to read it ({text}); split it into smaller images")
     if "truncated" in text.replace(str(path), "").lower() or isinstance(exc, EOFError):
         return DataError(f"{path}: the file is truncated ({text}); re-export or re-copy it")
     return DataError(
@@ -98,14 +159,19 @@ def _read_pil(path: Union[Path, BinaryIO], *, palette_to_rgb: bool) -> np.ndarra
     from PIL import Image
 
     with Image.open(path) as im:
-        im.load()
-        if im.mode == "P" and palette_to_rgb:
-            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-        elif im.mode == "1":
-            im = im.convert("L")
-        elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-            im = im.convert("RGB")
-        return np.array(im)
+        return _pil_pixels(im, palette_to_rgb=palette_to_rgb)
+
+
+def _pil_pixels(im: Image.Image, *, palette_to_rgb: bool) -> np.ndarray:
+    """The decoded pixels of an image Pillow has opened, as :func:`_read_pil` gives them."""
+    im.load()
+    if im.mode == "P" and palette_to_rgb:
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif im.mode == "1":
+        im = im.convert("L")
+    elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        im = im.convert("RGB")
+    return np.array(im)
 
 
 def _drop_opaque_alpha(array: np.ndarray) -> np.ndarray:
@@ -117,10 +183,20 @@ def _drop_opaque_alpha(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def decode_picture(source: Union[Path, BinaryIO]) -> np.ndarray:
-    """A PNG/JPEG/BMP/TIFF picture (a path or an open binary stream) as displayed: channels last,
-    palettes as colours, a fully opaque alpha channel dropped. ``(H, W)`` or ``(H, W, C)``."""
-    return _drop_opaque_alpha(_read_pil(source, palette_to_rgb=True))
+def decode_picture(source: Union[Path, BinaryIO, Image.Image]) -> np.ndarray:
+    """A PNG/JPEG/BMP/TIFF picture as displayed: channels last, palettes as colours, a fully opaque
+    alpha channel dropped. ``(H, W)`` or ``(H, W, C)``.
+
+    ``source``: a path or an open binary stream, opened as one of :data:`PICTURE_FORMATS` (never
+    another Pillow format), or an image Pillow has opened, decoded as opened (a caller that checked
+    its header decodes exactly what it checked).
+    """
+    from PIL import Image
+
+    if isinstance(source, Image.Image):
+        return _drop_opaque_alpha(_pil_pixels(source, palette_to_rgb=True))
+    with Image.open(source, formats=PICTURE_FORMATS) as picture:
+        return decode_picture(picture)
 
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
@@ -128,6 +204,8 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
+        check_claimed_size(path, series.shape, series.dtype)
+        check_tiff_segments(path, series.pages, tif.filehandle.size)
         return series.asarray(), series.axes
 
 
@@ -135,7 +213,9 @@ def _read_nifti(path: Path) -> np.ndarray:
     """NIfTI data reordered from (X, Y, Z[, C]) to (Z, Y, X[, C])."""
     import nibabel
 
-    data = np.asanyarray(nibabel.load(str(path)).dataobj)
+    volume = nibabel.load(str(path))
+    check_claimed_size(path, volume.header.get_data_shape(), volume.header.get_data_dtype())
+    data = np.asanyarray(volume.dataobj)
     if data.ndim < 2 or data.ndim > 4:
         raise DataError(f"{path}: NIfTI with {data.ndim} dimensions; expected 2D, 3D or 3D + channels")
     spatial = min(data.ndim, 3)
@@ -236,6 +316,9 @@ def read_label_image(path: PathLike) -> np.ndarray:
                 raise DataError(f"{path}: the label image has NaN or infinite values; write integer labels")
             if np.any(array != np.round(array)):
                 raise DataError(f"{path}: the label image has fractional values; write integer class ids")
+            if array.size and np.abs(array).max() >= 2**31:
+                raise DataError(f"{path}: the label image has values of 2**31 or more; write integer labels "
+                                "(class or object ids)")
             array = array.astype(np.int64)
         return array
 

@@ -10,13 +10,14 @@ Layouts:
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .io import DataError, list_images, read_image, stem_of
+from .io import DataError, check_finite, list_images, read_image, stem_of
 
 PathLike = Union[str, Path]
 INPUTS_DIR = "inputs"
@@ -83,56 +84,58 @@ def intensity_max(image: np.ndarray) -> float:
 
 def read_checked_image(path: Path) -> np.ndarray:
     """:func:`~unetkit.data.io.read_image`, refusing NaN/inf values with a :class:`DataError`."""
-    image = read_image(path)
-    if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
-        raise DataError(f"{path}: NaN/inf values; replace them or re-export the image")
-    return image
+    return check_finite(read_image(path), path)
 
 
 def check_image_pairs(
     pairs: Sequence[ImagePair], scale: Optional[int] = None, *, same_channels: bool = True
 ) -> int:
     """Read every image once and raise one :class:`DataError` naming every problem: unreadable files,
-    NaN/inf, channels that differ between images or between an input and its target, and targets that
-    are not ``scale`` times their input (``scale=None``: taken from the first pair). ``same_channels=False``
-    lets grey and colour images mix (validation images of a grey-level model). Returns the scale."""
+    NaN/inf, images whose channels or dimension differ from most images', inputs and targets with
+    different channels, and targets that are not ``scale`` times their input (``scale=None``: taken from
+    the first pair). ``same_channels=False`` lets grey and colour images mix (validation images of a
+    grey-level model). Returns the scale."""
     problems: list[str] = []
-    channels: Optional[int] = None
-    dims: Optional[int] = None
+    shapes: list[tuple[ImagePair, tuple[int, ...], Optional[tuple[int, ...]]]] = []
     for pair in pairs:
         try:
-            image = read_checked_image(pair.image)
-            target = read_checked_image(pair.target) if pair.target is not None else None
+            image = read_checked_image(pair.image).shape
+            target = read_checked_image(pair.target).shape if pair.target is not None else None
         except DataError as exc:
             problems.append(str(exc))
             continue
-        if channels is None:
-            channels, dims = image.shape[0], image.ndim - 1
-        if (same_channels and image.shape[0] != channels) or image.ndim - 1 != dims:
+        shapes.append((pair, image, target))
+    kinds = Counter((image[0] if same_channels else None, len(image) - 1) for _, image, _ in shapes)
+    (channels, dims), count = kinds.most_common(1)[0] if kinds else ((None, None), 0)
+    for pair, image, target in shapes:
+        if (same_channels and image[0] != channels) or len(image) - 1 != dims:
+            most = f"{channels} channel(s), {dims}D" if same_channels else f"{dims}D"
             problems.append(
-                f"{pair.image}: {image.shape[0]} channel(s), {image.ndim - 1}D, but the first image has "
-                f"{channels} channel(s), {dims}D; convert the images to one kind"
+                f"{pair.image}: {image[0]} channel(s), {len(image) - 1}D, but {count} image(s) have {most}; "
+                "convert the images to one kind"
             )
         if target is None:
             continue
-        if target.shape[0] != image.shape[0]:
+        if target[0] != image[0]:
             problems.append(
-                f"{pair.target}: {target.shape[0]} channel(s) but its input {pair.image.name} has "
-                f"{image.shape[0]}; input and target need the same channels"
+                f"{pair.target}: {target[0]} channel(s) but its input {pair.image.name} has "
+                f"{image[0]}; input and target need the same channels"
             )
             continue
-        ratios = {t / i for t, i in zip(target.shape[1:], image.shape[1:])}
+        ratios = {t / i for t, i in zip(target[1:], image[1:])}
         ratio = ratios.pop() if len(ratios) == 1 else 0.0
         if scale is None and ratio >= 1 and ratio.is_integer():
             scale = int(ratio)
-        expected = tuple(s * (scale or 1) for s in image.shape[1:])
-        if tuple(target.shape[1:]) != expected:
+        expected = tuple(s * (scale or 1) for s in image[1:])
+        if tuple(target[1:]) != expected:
             problems.append(
-                f"{pair.target}: size {target.shape[1:]} but its input {pair.image.name} is "
-                f"{image.shape[1:]}, so the target should be {expected}"
+                f"{pair.target}: size {target[1:]} but its input {pair.image.name} is "
+                f"{image[1:]}, so the target should be {expected}"
                 + (f" (scale {scale})" if scale and scale > 1 else " (the same size)")
                 + "; crop or resize one of them"
             )
+    if len(problems) == 1:
+        raise DataError(problems[0])
     if problems:
-        raise DataError(f"{len(problems)} problem(s) in the restoration data:\n  " + "\n  ".join(problems))
+        raise DataError(f"{len(problems)} problem(s) in the images:\n  " + "\n  ".join(problems))
     return scale or 1

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .classes import ClassInfo
+from .flows import flows_from_instances
 from .instances import TARGETS, three_class_from_instances
 from .io import (
     DataError,
@@ -34,6 +35,7 @@ class _Cached:
     labels: np.ndarray  # (*S) small integer dtype
     weight: Optional[np.ndarray]  # (*S) float32
     foreground: Optional[np.ndarray]  # flat indices of foreground pixels (int64), lazily
+    instances: Optional[np.ndarray] = None  # (*S) int32 object ids, for the flows target
 
 
 def _as_tuple(size: Union[int, Sequence[int]], dims: int, what: str) -> tuple[int, ...]:
@@ -49,7 +51,9 @@ class PatchDataset(Dataset):
     """Random (augmented) training patches from whole images.
 
     Items are dicts ``{"image": float32 (C, *P), "mask": int64 (*O), "weight": float32 (*O)}`` (``weight``
-    only with ``weight_map``); ``P`` is ``patch_size`` and ``O`` is ``output_size`` (the centre of the
+    only with ``weight_map``; with ``target="flows"`` the mask is the foreground and ``"flows"``, float32
+    ``(D, *O)``, the flow field of the patch's objects after augmentation, see
+    :mod:`unetkit.data.flows`); ``P`` is ``patch_size`` and ``O`` is ``output_size`` (the centre of the
     patch a valid-padding network predicts; default ``P``). Item ``i`` comes from image
     ``i % len(samples)``; the randomness is seeded by ``(seed, epoch, i)`` (see :meth:`set_epoch`),
     so a run is reproducible whatever the number of loader workers. Images, labels and weight maps
@@ -139,7 +143,7 @@ class PatchDataset(Dataset):
             raise DataError(f"{sample.image}: NaN/inf values; replace them or re-export the image")
         labels = load_labels(sample, self.classes, image.shape[1:])
         instances = None
-        if self.target == "three_class" or self.weight_map is not None or self.object_diameter:
+        if self.target != "semantic" or self.weight_map is not None or self.object_diameter:
             instances = load_instances(sample, labels, self.classes)
         if self.object_diameter:
             factor = scale_factor(median_object_diameter(instances), self.object_diameter)
@@ -147,9 +151,10 @@ class PatchDataset(Dataset):
             image = resize_spatial(image, shape, labels=False)
             labels = resize_spatial(labels, shape, labels=True)
             instances = resize_spatial(instances, shape, labels=True)
-        if self.target == "three_class":
+        if self.target != "semantic":
             ignored = labels == self.classes.ignore_index if self.classes.ignore_index is not None else None
-            labels = three_class_from_instances(instances).astype(np.int64)
+            target = three_class_from_instances(instances) if self.target == "three_class" else instances > 0
+            labels = target.astype(np.int64)
             if ignored is not None:
                 labels[ignored] = self.classes.ignore_index
         weight = None
@@ -161,7 +166,8 @@ class PatchDataset(Dataset):
         offset, scale = normalization_params(image, self.normalize)
         fits16 = labels.min(initial=0) >= -(1 << 15) and labels.max(initial=0) < 1 << 15
         small = np.int16 if fits16 else np.int32
-        cached = _Cached(image, offset, scale, labels.astype(small), weight, None)
+        cached = _Cached(image, offset, scale, labels.astype(small), weight, None,
+                         instances.astype(np.int32) if self.target == "flows" else None)
         self._cache[index] = cached
         return cached
 
@@ -190,14 +196,17 @@ class PatchDataset(Dataset):
         origin = self._origin(rng, cached)
         draw = self.augmenter.draw_spatial(rng, self.patch_size)
         weights = [cached.weight] if cached.weight is not None else []
+        sources = [cached.labels] + ([cached.instances] if cached.instances is not None else [])
         image, labels, weights = self.augmenter.extract(
-            draw, origin, self.patch_size, cached.image, [cached.labels], weights, self.output_size
+            draw, origin, self.patch_size, cached.image, sources, weights, self.output_size
         )
         image = self.augmenter.apply_intensity(rng, apply_normalization(image, cached.offset, cached.scale))
         item = {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
             "mask": torch.from_numpy(labels[0].astype(np.int64)),
         }
+        if cached.instances is not None:
+            item["flows"] = torch.from_numpy(flows_from_instances(labels[1]))
         if weights:
             item["weight"] = torch.from_numpy(np.ascontiguousarray(weights[0], dtype=np.float32))
         return item

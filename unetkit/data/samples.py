@@ -25,6 +25,7 @@ from .instances import label_objects
 from .io import (
     IMAGE_SUFFIXES,
     DataError,
+    check_finite,
     is_image_path,
     list_images,
     read_image,
@@ -252,7 +253,8 @@ def load_instances(sample: Sample, labels: Optional[np.ndarray] = None,
 def load_sample(
     sample: Sample, classes: ClassInfo, normalize: NormalizeConfig, *, pages_as_channels: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A whole image for validation/evaluation: normalised float32 ``(C, *S)`` and int64 labels ``(*S)``."""
-    image = read_image(sample.image, pages_as_channels=pages_as_channels)
+    """A whole image for validation/evaluation: normalised float32 ``(C, *S)`` and int64 labels ``(*S)``;
+    NaN/inf pixels are a :class:`DataError`."""
+    image = check_finite(read_image(sample.image, pages_as_channels=pages_as_channels), sample.image)
     labels = load_labels(sample, classes, image.shape[1:])
     return apply_normalization(image, *normalization_params(image, normalize)), labels

@@ -13,7 +13,7 @@ factor along every axis (diameters are measured in voxels), so anisotropic stack
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 from scipy import ndimage
@@ -83,23 +83,43 @@ def predicted_object_diameter(probabilities: np.ndarray) -> float:
     return float(np.median(diameters)) if diameters.size else math.nan
 
 
+class ScaleLimitError(ValueError):
+    """The object-scale pass would resize an image beyond a pixel (voxel) limit."""
+
+    def __init__(self, spatial: tuple[int, ...], factor: float, shape: tuple[int, ...], limit: int) -> None:
+        super().__init__(
+            f"at the model's object scale the image of shape {spatial} would be resized x{factor:.2f} to "
+            f"shape {shape} ({math.prod(shape):,} pixels), over the limit of {limit:,}: crop it to at most "
+            f"{int(limit / factor ** len(shape)):,} pixels"
+        )
+
+
 def predict_at_object_scale(
-    predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray, target: float
+    predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray, target: float,
+    max_pixels: Optional[int] = None, classes: Optional[int] = None,
 ) -> np.ndarray:
     """Probabilities ``(K, *S)`` of ``image`` ``(C, *S)`` predicted with its objects at ``target`` px.
 
     ``predict`` maps a ``(C, *S')`` image to ``(K, *S')`` probabilities. A first pass at the
     image's own scale measures the objects (:func:`predicted_object_diameter`); if they are not
     already about ``target`` px, the image is resized, predicted again, and the probabilities are
-    resized back to ``S`` (linear interpolation, renormalised to sum to 1).
+    resized back to ``S`` (linear interpolation, renormalised to sum to 1). ``max_pixels``: the
+    resized image may have at most that many pixels (voxels), else :class:`ScaleLimitError` (the
+    resize enlarges an image up to 4x per axis). ``classes``: only the first ``classes`` channels are
+    probabilities; the others (a flows network's flow field) are resized back as they are.
     """
     first = predict(image)
-    factor = scale_factor(predicted_object_diameter(first), target)
+    classes = first.shape[0] if classes is None else classes
+    factor = scale_factor(predicted_object_diameter(first[:classes]), target)
     if factor == 1.0:
         return first
     spatial = image.shape[1:]
-    resized = resize_spatial(image, scaled_shape(spatial, factor), labels=False)
-    probabilities = resize_spatial(predict(resized), spatial, labels=False)
+    shape = scaled_shape(spatial, factor)
+    if max_pixels is not None and math.prod(shape) > max_pixels:
+        raise ScaleLimitError(spatial, factor, shape, max_pixels)
+    resized = resize_spatial(image, shape, labels=False)
+    outputs = resize_spatial(predict(resized), spatial, labels=False)
+    probabilities = outputs[:classes]
     np.clip(probabilities, 0.0, None, out=probabilities)
     probabilities /= np.maximum(probabilities.sum(axis=0, keepdims=True), 1e-12)
-    return probabilities
+    return outputs

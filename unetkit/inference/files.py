@@ -15,8 +15,9 @@ import numpy as np
 
 from ..activation import expand_binary
 from ..data.classes import ClassInfo
-from ..data.io import DataError, read_image, stem_of, suffix_of
+from ..data.io import DataError, check_finite, stem_of, suffix_of
 from ..data.normalize import NormalizeConfig, apply_normalization, normalization_params, normalize_image
+from ..data.pairs import read_checked_image
 from ..utils.atomic import atomic_path
 from .streaming import OUTPUT_TILE, TiffSource, is_streamable_tiff, rebuffer_bands, write_tiled_tiff
 
@@ -142,7 +143,7 @@ def predict_file(
         )
     if stream:
         return _predict_streamed(predictor, src, dst, prob_path, channels, classes)
-    image = read_image(src)
+    image = read_checked_image(src)
     probs = predictor.predict_proba(_checked(predictor, convert_channels(image, channels), src))
     labels = predictor.labels(probs)
     mask_path = classes.save_mask(dst, labels)
@@ -191,15 +192,15 @@ def _predict_streamed(
             offset, scale = normalization_params(sample, predictor.normalize)
 
             def prepare(box: np.ndarray) -> np.ndarray:
-                return apply_normalization(box, offset, scale)
+                return apply_normalization(check_finite(box, src), offset, scale)
         else:
             def prepare(box: np.ndarray) -> np.ndarray:
-                return box.astype(np.float32, copy=False)
+                return check_finite(box, src).astype(np.float32, copy=False)
 
         height, width = source.shape[1:]
         blocks = predictor.iter_proba(source, prepare)
         if prob_path is not None:
-            k = predictor.num_classes
+            k = predictor.proba_channels
             bands = (np.moveaxis(expand_binary(b), 0, -1) for b in rebuffer_bands(blocks, height))
             write_tiled_tiff(prob_path, bands, (height, width, k), np.float32)
             prob_source = TiffSource(prob_path)

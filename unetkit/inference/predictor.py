@@ -10,7 +10,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..activation import expand_binary, logits_to_probabilities, num_output_classes, probabilities_to_labels
+from ..activation import (
+    expand_binary,
+    flow_outputs,
+    logits_to_probabilities,
+    num_output_classes,
+    probabilities_to_labels,
+)
 from ..checkpoint import load_model
 from ..data.instances import TARGETS, to_data_labels
 from .memory import auto_tile_and_batch
@@ -54,9 +60,14 @@ class Predictor:
         object_diameter: the median object diameter (px) the network was trained at
             (``data.object_diameter``); each image is then predicted at that object scale
             (:func:`~unetkit.data.scale.predict_at_object_scale`: two passes). ``None``: as is.
+        max_pixels: with ``object_diameter``: the most pixels (voxels) the image may have once
+            resized to the object scale (up to 4x per axis), else ``ScaleLimitError`` (a ``ValueError``);
+            ``None``: no limit.
         target: what the network was trained to output (``data.target``): ``"semantic"`` (the
-            classes of ``classes``) or ``"three_class"`` (background / interior / border, whose
-            :meth:`labels` are the dataset's background / foreground).
+            classes of ``classes``), ``"three_class"`` (background / interior / border, whose
+            :meth:`labels` are the dataset's background / foreground) or ``"flows"`` (foreground and
+            a flow field: :meth:`predict_proba` gives background, foreground, then the ``D`` flow
+            components, see :mod:`unetkit.flows`).
         task: ``"segmentation"`` (default: outputs are logits, :meth:`predict` gives labels) or
             ``"restoration"`` (outputs are images, :meth:`predict` gives the restored image in the
             input's intensity scale, see :mod:`.restore`).
@@ -85,6 +96,7 @@ class Predictor:
         target: Optional[str] = None,
         task: Optional[str] = None,
         scale: Optional[int] = None,
+        max_pixels: Optional[int] = None,
     ) -> None:
         if isinstance(model_or_run, (str, Path)):
             run = Predictor.from_run(model_or_run)
@@ -116,6 +128,7 @@ class Predictor:
         self.classes = classes
         self.progress = progress
         self.object_diameter = object_diameter
+        self.max_pixels = max_pixels
         self.target = target or "semantic"
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
@@ -126,6 +139,8 @@ class Predictor:
         if self.scale < 1 or (self.scale > 1 and self.task != "restoration"):
             raise ValueError(f"scale must be 1, or >= 1 for a restoration network; got {scale}")
         self._activate = logits_to_probabilities if self.task == "segmentation" else _identity
+        if self.target == "flows" and self.task == "segmentation":
+            self._activate = flow_outputs
 
     @classmethod
     def from_run(cls, run_dir: Union[str, Path], **kwargs: Any) -> Predictor:
@@ -188,8 +203,22 @@ class Predictor:
 
     @property
     def num_classes(self) -> int:
-        """Classes in the output of :meth:`predict_proba` (2 for a one-channel binary head)."""
+        """Classes in the output of :meth:`predict_proba` (2 for a one-channel binary head or a flows
+        network)."""
+        if self.target == "flows":
+            return 2
         return num_output_classes(self.model.config.num_classes)
+
+    @property
+    def output_channels(self) -> int:
+        """Channels of the blocks :meth:`iter_proba` yields: the network's, one more for a flows
+        network (its foreground logit becomes the background and foreground probabilities)."""
+        return self.model.config.num_classes + int(self.target == "flows")
+
+    @property
+    def proba_channels(self) -> int:
+        """Channels of :meth:`predict_proba`: the classes, then a flows network's flow components."""
+        return self.num_classes + (self.dims if self.target == "flows" else 0)
 
     def as_channels_first(self, image: np.ndarray) -> np.ndarray:
         """``(*S)`` or ``(C, *S)`` -> ``(C, *S)``; raise ``ValueError`` saying what the model takes."""
@@ -218,13 +247,16 @@ class Predictor:
         if self.object_diameter is not None:
             from ..data.scale import predict_at_object_scale
 
-            return predict_at_object_scale(self._predict_normalized, image, self.object_diameter)
+            return predict_at_object_scale(
+                self._predict_normalized, image, self.object_diameter, max_pixels=self.max_pixels,
+                classes=self.num_classes,
+            )
         return self._predict_normalized(image)
 
     def _predict_normalized(self, image: np.ndarray) -> np.ndarray:
         """``(K, *S)`` probabilities of a normalised float32 ``(C, *S)`` image at its own scale
         (a restoration network: its ``(C, *S)`` output image, normalised as the input)."""
-        probs = np.empty((self.model.config.num_classes, *image.shape[1:]), dtype=np.float32)
+        probs = np.empty((self.output_channels, *image.shape[1:]), dtype=np.float32)
         for start, stop, block in self.iter_proba(ArraySource(image)):
             probs[:, start:stop] = block
         return expand_binary(probs) if self.task == "segmentation" else probs
@@ -246,9 +278,10 @@ class Predictor:
 
     def labels(self, probs: np.ndarray) -> np.ndarray:
         """``(K, *S)`` probabilities -> int64 class ids ``(*S)`` of the training data's classes:
-        the network's classes (:meth:`labels_from_blocks`), mapped back to the dataset's for a
-        ``three_class`` network (interior and border are foreground)."""
-        return to_data_labels(self.labels_from_blocks(probs), self.target)
+        the network's classes (:meth:`labels_from_blocks`; a flows network's flow channels play no
+        part), mapped back to the dataset's for a ``three_class`` network (interior and border are
+        foreground)."""
+        return to_data_labels(self.labels_from_blocks(probs[: self.num_classes]), self.target)
 
     def predict_file(
         self,
@@ -295,7 +328,7 @@ class Predictor:
         """Stream the network's probabilities over ``source`` in slabs along the first axis.
 
         Yields ``(start, stop, block)``, ``block`` float32 ``(K', stop - start, *S[1:])`` with
-        ``K'`` the network's output channels (1 for a binary head: the foreground). The
+        ``K'`` :attr:`output_channels` (1 for a binary head: the foreground). The
         input boxes are ``prepare``-d (e.g. normalised) after reading.
         """
         self.check_channels(source.shape[0])
@@ -316,7 +349,7 @@ class Predictor:
         self.model.eval()
         try:
             yield from blend_tiles(
-                source, plan, predict_batch, window_np, self.model.config.num_classes, batch_size,
+                source, plan, predict_batch, window_np, self.output_channels, batch_size,
                 prepare=prepare, on_batch=bar.update if bar is not None else None,
             )
         finally:
@@ -336,8 +369,9 @@ class Predictor:
                 return self._activate(self.model(x))
             total = None
             transforms = symmetries(self.dims)
+            vectors = 2 if self.target == "flows" else None
             for sym in transforms:
-                probs = sym.invert(self._activate(self.model(sym.apply(x))))
+                probs = sym.invert(self._activate(self.model(sym.apply(x))), vectors)
                 total = probs if total is None else total.add_(probs)
             return total.div_(len(transforms))
 

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Optional, Union
 import numpy as np
 
 from ..data.degrade import rgb_to_ycbcr, upscale, ycbcr_to_rgb
-from ..data.io import DataError, read_image, stem_of, suffix_of
+from ..data.io import DataError, check_finite, stem_of, suffix_of
 from ..data.normalize import apply_normalization, normalization_params
+from ..data.pairs import read_checked_image
 from ..utils.atomic import atomic_path
 
 if TYPE_CHECKING:
@@ -128,7 +129,9 @@ def restore_streamed(predictor: Predictor, src: Path, dst: Path, float_output: b
         dtype = np.dtype(np.float32) if float_output else source.dtype
 
         def bands():
-            blocks = predictor.iter_proba(source, lambda box: apply_normalization(box, offset, scale))
+            blocks = predictor.iter_proba(
+                source, lambda box: apply_normalization(check_finite(box, src), offset, scale)
+            )
             for band in rebuffer_bands(blocks, height):
                 restored = to_dtype(band * scale.reshape(shape) + offset.reshape(shape), dtype)
                 yield restored[0] if channels == 1 else np.moveaxis(restored, 0, -1)
@@ -159,7 +162,7 @@ def restore_file(
         return restore_streamed(predictor, src, dst or Path(out_dir) / f"{stem_of(src)}.tif", float_output), (
             "streamed tile by tile (big TIFF)"
         )
-    image = read_image(src)
+    image = read_checked_image(src)
     if channels is not None:
         image = convert_channels(image, channels).astype(image.dtype, copy=False)
     if image.ndim - 1 != predictor.dims:

@@ -16,7 +16,7 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from ..data.io import DataError
+from ..data.io import DataError, check_claimed_size, check_tiff_segments
 from ..utils.atomic import atomic_path
 
 OUTPUT_TILE = 256
@@ -50,6 +50,7 @@ class TiffSource:
                 f"{self.path}: channels stored as separate planes are not streamed; "
                 "re-save with the channels interleaved (planarconfig contig)"
             )
+        check_tiff_segments(self.path, [page], self._tif.filehandle.size)
         self._page = page
         self.dtype = page.dtype
         channels = page.samplesperpixel
@@ -58,6 +59,7 @@ class TiffSource:
             self.segment = (page.tilelength, page.tilewidth)
         else:
             self.segment = (page.rowsperstrip, page.imagewidth)
+        check_claimed_size(self.path, (*self.segment, channels), self.dtype)  # one segment is decoded whole
         self._per_row = math.ceil(page.imagewidth / self.segment[1])
         segment_bytes = self.segment[0] * self.segment[1] * channels * self.dtype.itemsize
         self._capacity = max(4, SEGMENT_CACHE_BYTES // max(segment_bytes, 1))
@@ -85,7 +87,10 @@ class TiffSource:
         if count > 0:
             fh.seek(offset)
             data = fh.read(count)
-        decoded, _, shape = page.decode(data, index, jpegtables=page.jpegtables)
+        try:
+            decoded, _, shape = page.decode(data, index, jpegtables=page.jpegtables)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is a data error
+            raise DataError(f"{self.path}: segment {index} cannot be decoded ({exc}); re-export it") from exc
         if decoded is None:  # empty segment: zeros, as tifffile reads it
             decoded = np.zeros(shape, dtype=self.dtype)
         segment = decoded.reshape(decoded.shape[-3:])

@@ -16,16 +16,20 @@ AnyModelConfig = Union[ModelConfig, DiffusionUNetConfig]
 
 
 def model_config_from_dict(data: dict[str, Any]) -> AnyModelConfig:
-    """The config in a ``model.json``: the diffusion U-Net's, or the U-Net family's."""
-    if data.get("architecture") == "diffusion_unet":
+    """The config in a ``model.json``: the diffusion U-Net's, or the U-Net family's; checked against
+    the bounds of each field (a ``ValueError`` names the field)."""
+    if isinstance(data, dict) and data.get("architecture") == "diffusion_unet":
         return DiffusionUNetConfig.from_dict(data)
     return ModelConfig.from_dict(data)
 
 
 def build_model(config: AnyModelConfig) -> nn.Module:
-    """Build the network a config describes (the inverse of ``model.config``)."""
+    """Build the network a config describes (the inverse of ``model.config``); a field out of its
+    bounds (:meth:`ModelConfig.check`) raises ``ValueError``, so no run writes a ``model.json`` that
+    loading refuses."""
     if isinstance(config, DiffusionUNetConfig):
         return DiffusionUNet(config)
+    config.check()
     common = dict(
         dims=config.dims, base_channels=config.base_channels, padding=config.padding,
         norm=config.norm, dropout=config.dropout,
@@ -41,10 +45,7 @@ def build_model(config: AnyModelConfig) -> nn.Module:
     if config.architecture == "encoder_decoder":
         return EncoderDecoder(config.in_channels, config.num_classes, depth=config.depth,
                               up_mode=config.up_mode, **common)
-    if config.architecture == "plain_fcn":
-        return PlainFCN(config.in_channels, config.num_classes, num_layers=config.num_layers,
-                        **common)
-    raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {config.architecture!r}")
+    return PlainFCN(config.in_channels, config.num_classes, num_layers=config.num_layers, **common)
 
 
 __all__ = [

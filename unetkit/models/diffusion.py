@@ -33,11 +33,19 @@ from torch import nn
 from torch.nn import functional as F
 
 from .blocks import conv_nd
-from .config import check_fields
+from .config import check_fields, check_flag, check_int, check_ints, check_rate
 
 ARCHITECTURE = "diffusion_unet"
 NOISE_LEVEL_SCALE = 1000.0
 """A noise level in ``[0, 1]`` is multiplied by this before its sinusoidal embedding (as a time step)."""
+DIFFUSION_BOUNDS = {
+    "in_channels": (1, 1024), "out_channels": (1, 1024), "dims": (2, 3), "base_channels": (1, 1024),
+    "num_res_blocks": (1, 16), "attention_head_channels": (1, 1024), "num_classes": (0, 100_000),
+    "cond_dim": (0, 65536), "cond_channels": (0, 1024), "groups": (1, 1024),
+}
+"""The range of each integer field of a :class:`DiffusionUNetConfig` (0 = off where allowed)."""
+MAX_LEVELS = 8
+MAX_CHANNEL_MULT = 64
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -113,15 +121,37 @@ class DiffusionUNetConfig:
                 data[key] = list(value)
         return data
 
+    def check(self) -> DiffusionUNetConfig:
+        """Raise ``ValueError`` naming the first field of the wrong type or out of its bounds
+        (:data:`DIFFUSION_BOUNDS`; at most :data:`MAX_LEVELS` levels of multipliers up to
+        :data:`MAX_CHANNEL_MULT`); returns ``self``."""
+        what = "diffusion U-Net config"
+        if self.architecture != ARCHITECTURE:
+            raise ValueError(f"{what} field architecture must be {ARCHITECTURE!r}, got {self.architecture!r}")
+        check_ints(what, self, DIFFUSION_BOUNDS)
+        mults, levels = self.channel_mults, self.attention_levels
+        if not isinstance(mults, tuple) or not 1 <= len(mults) <= MAX_LEVELS:
+            raise ValueError(f"{what} field channel_mults must list 1 to {MAX_LEVELS} levels, got {mults!r}")
+        for mult in mults:
+            check_int(what, "channel_mults", mult, 1, MAX_CHANNEL_MULT)
+        if not isinstance(levels, tuple):
+            raise ValueError(f"{what} field attention_levels must be a list of levels, got {levels!r}")
+        for level in levels:
+            check_int(what, "attention_levels", level, 0, len(mults) - 1)
+        check_rate(what, "dropout", self.dropout)
+        check_flag(what, "noise_level_input", self.noise_level_input)
+        return self
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiffusionUNetConfig:
-        """The inverse of :meth:`to_dict` (lists become tuples); unknown keys raise ``ValueError``."""
+        """The inverse of :meth:`to_dict` (lists become tuples), checked (:meth:`check`); unknown keys
+        raise ``ValueError``."""
         check_fields(cls, data, "diffusion U-Net config")
         values = dict(data)
         for key in ("channel_mults", "attention_levels"):
             if isinstance(values.get(key), list):
                 values[key] = tuple(values[key])
-        return cls(**values)
+        return cls(**values).check()
 
 
 class ResBlock(nn.Module):
@@ -231,7 +261,7 @@ class DiffusionUNet(nn.Module):
 
     def __init__(self, config: DiffusionUNetConfig) -> None:
         super().__init__()
-        _validate(config)
+        config.check()
         self.config = config
         self.dims = config.dims
         self.in_channels = config.in_channels
@@ -418,33 +448,8 @@ class DiffusionUNet(nn.Module):
         return self.out(h)
 
 
-def _validate(config: DiffusionUNetConfig) -> None:
-    if config.architecture != ARCHITECTURE:
-        raise ValueError(f"architecture must be {ARCHITECTURE!r}, got {config.architecture!r}")
-    if config.dims not in (2, 3):
-        raise ValueError(f"dims must be 2 or 3, got {config.dims!r}")
-    positive = ("in_channels", "out_channels", "base_channels", "num_res_blocks", "attention_head_channels",
-                "groups")
-    for name in positive:
-        if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(config, name)!r}")
-    for name in ("num_classes", "cond_dim", "cond_channels"):
-        if getattr(config, name) < 0:
-            raise ValueError(f"{name} must be 0 (off) or positive, got {getattr(config, name)!r}")
-    if not config.channel_mults or any(m < 1 for m in config.channel_mults):
-        raise ValueError(
-            f"channel_mults must be a non-empty list of positive ints, got {config.channel_mults!r}"
-        )
-    levels = len(config.channel_mults)
-    bad = [lvl for lvl in config.attention_levels if not 0 <= lvl < levels]
-    if bad:
-        raise ValueError(f"attention_levels {bad} out of range: levels are 0..{levels - 1}")
-    if not 0.0 <= config.dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {config.dropout!r}")
-
-
 __all__ = [
-    "ARCHITECTURE", "NOISE_LEVEL_SCALE", "AttentionBlock", "DiffusionUNet", "DiffusionUNetConfig",
-    "Downsample", "EmbedSequential", "ResBlock", "Upsample", "group_count", "head_count",
-    "timestep_embedding",
+    "ARCHITECTURE", "DIFFUSION_BOUNDS", "NOISE_LEVEL_SCALE", "AttentionBlock", "DiffusionUNet",
+    "DiffusionUNetConfig", "Downsample", "EmbedSequential", "ResBlock", "Upsample", "group_count",
+    "head_count", "timestep_embedding",
 ]

@@ -2,15 +2,18 @@
 
 ``/predict`` segments (a segmentation model), ``/restore`` restores (a restoration model: denoising,
 super-resolution); each answers 400 naming the other on a model of the other task. The model is
-loaded once, when the app is built. Each upload is read under a byte limit,
-decoded and predicted on a worker thread of a :class:`~.jobs.BoundedQueue` (503 with
-``Retry-After`` when it is full), so the event loop never blocks and a burst cannot exhaust
-memory. Every error is a 4xx/5xx JSON ``{"detail": "..."}``; nothing from a request is used
-as a filesystem path (the upload's file name is ignored).
+loaded once, when the app is built. Each upload takes a slot of a :class:`~.jobs.BoundedQueue`
+before its body is received (503 with ``Retry-After`` when none is free), is received under a byte
+limit and a time limit (408), then decoded and predicted on a worker thread, so the event loop never
+blocks and a burst, slow clients included, cannot exhaust memory or disk. Only requests whose
+``Host`` header names this server are answered (DNS rebinding). Every error is a 4xx/5xx JSON
+``{"detail": "..."}``; a 500 says nothing of the server (the detail goes to the server's log);
+nothing from a request is used as a filesystem path (the upload's file name is ignored).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import io
@@ -29,11 +32,14 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import HTTPException
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..activation import probabilities_to_labels
 from ..data.classes import ClassInfo, default_colors
 from ..data.instances import to_data_labels
+from ..data.scale import ScaleLimitError
 from ..export import valid_size_rule
 from ..inference.files import default_classes
 from ..inference.restore import LUMINANCE_NOTE, restore_array, to_dtype, uses_luminance
@@ -42,6 +48,8 @@ from .objects import measure_objects, object_labels
 from .uploads import Limits, UploadError, decode_upload, match_channels
 
 STATIC = Path(__file__).parent / "static"
+#: The Host headers a server answers by default: this machine's names for itself.
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 # Room for the multipart boundaries and part headers around the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
 NOTE_HEADER = "X-Unetkit-Note"
@@ -58,12 +66,18 @@ UPLOAD_BODY = {
 
 @dataclass
 class ServeOptions:
-    """Server settings: upload limits, queue capacity and worker threads, the backend's name."""
+    """Server settings: upload limits, queue capacity and worker threads, the backend's name, the
+    seconds an upload may take to arrive, the ``Host`` headers answered (``"*"``: any; a name, an
+    address, ``[v6 address]`` or ``*.domain``), and the connections uvicorn takes at once (more are
+    answered 503 by uvicorn)."""
 
     limits: Limits = field(default_factory=Limits)
     queue_size: int = 16
     workers: int = 1
     backend: str = "torch"
+    read_timeout: float = 60.0
+    allowed_hosts: tuple[str, ...] = LOCAL_HOSTS
+    max_connections: int = 64
 
 
 class BodyTooLarge(HTTPException):
@@ -108,26 +122,34 @@ def png_base64(data: bytes) -> str:
 
 
 class Segmenter:
-    """The prediction work of one request, run on a queue worker: decode, predict, encode."""
+    """The prediction work of one request, run on a queue worker: decode, predict, encode.
+
+    The pixel limit holds for the image the network sees: a model with an object scale
+    (``data.object_diameter``) resizes an image up to 4x per side for its second pass.
+    """
 
     def __init__(self, predictor: Any, limits: Limits) -> None:
-        self.predictor = predictor
-        self.tta_predictor = copy.copy(predictor)
+        self.predictor = copy.copy(predictor)
+        self.predictor.max_pixels = limits.max_pixels
+        self.tta_predictor = copy.copy(self.predictor)
         self.tta_predictor.tta = True
         self.limits = limits
         self.classes: ClassInfo = predictor.classes or default_classes(predictor.num_classes)
-        self.binary = predictor.model.config.num_classes == 1
+        self.binary = predictor.model.config.num_classes == 1 or predictor.target == "flows"
 
     def probabilities(self, data: bytes, tta: bool) -> np.ndarray:
         """Per-class probabilities ``(K, H, W)`` for the uploaded bytes."""
         image = match_channels(decode_upload(data, self.limits), self.predictor.in_channels)
-        return (self.tta_predictor if tta else self.predictor).predict_proba(image)
+        try:
+            return (self.tta_predictor if tta else self.predictor).predict_proba(image)
+        except ScaleLimitError as exc:
+            raise UploadError(413, f"{exc} (or use `unetkit predict`, which has no such limit)") from None
 
     def labels(self, probs: np.ndarray, threshold: float) -> np.ndarray:
         """Class ids ``(H, W)`` of the training data's classes; for a binary model ``threshold``
-        applies to the foreground probability."""
+        applies to the foreground probability (a flows model's flows play no part)."""
         if self.binary:
-            probs = probs[1:]
+            probs = probs[1:2]
         labels = probabilities_to_labels(torch.from_numpy(probs)[None], threshold)[0].numpy()
         return to_data_labels(labels, self.predictor.target)
 
@@ -270,10 +292,25 @@ def model_description(predictor: Any, options: ServeOptions, classes: Optional[C
     }
 
 
+def check_options(options: ServeOptions) -> None:
+    """Raise ``ValueError`` saying which setting of ``options`` is impossible."""
+    if options.read_timeout <= 0 or options.max_connections < 1:
+        raise ValueError(
+            f"read_timeout must be > 0 s and max_connections at least 1, got {options.read_timeout} "
+            f"and {options.max_connections}"
+        )
+    for host in options.allowed_hosts:
+        if "*" in host[1:] or (host.startswith("*") and host != "*" and not host.startswith("*.")):
+            raise ValueError(
+                f"allowed host {host!r}: give a name or address, '*.domain' for subdomains, or '*' for any"
+            )
+
+
 def create_app(predictor: Any, options: Optional[ServeOptions] = None) -> FastAPI:
     """The app serving ``predictor`` (a :class:`~unetkit.inference.Predictor`, model loaded already):
     a segmentation model on ``POST /predict``, a restoration model on ``POST /restore``."""
     options = options or ServeOptions()
+    check_options(options)
     limits = options.limits
     task = predictor.task
     segmenter = Segmenter(predictor, limits) if task == "segmentation" else None
@@ -290,6 +327,7 @@ def create_app(predictor: Any, options: Optional[ServeOptions] = None) -> FastAP
         title="unetkit", version=__version__, summary="Segment or restore uploaded images", lifespan=lifespan
     )
     app.add_middleware(BodyLimit, max_bytes=limits.max_bytes + MULTIPART_OVERHEAD)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(options.allowed_hosts), www_redirect=False)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(QueueFull)
@@ -308,9 +346,18 @@ def create_app(predictor: Any, options: Optional[ServeOptions] = None) -> FastAP
         # The predictor's own checks (e.g. an image smaller than the model can tile).
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(_: Request, __: ClientDisconnect) -> Response:
+        # The client left while its upload was being received: nobody reads this answer.
+        return Response(status_code=400)
+
     @app.exception_handler(Exception)
-    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": f"internal error ({type(exc).__name__}): {exc}"}, status_code=500)
+    async def internal_error(_: Request, __: Exception) -> JSONResponse:
+        # Starlette raises the exception again once this answer is sent: the server logs it in full.
+        return JSONResponse(
+            {"detail": "internal error: the server failed on this request (the details are in its log)"},
+            status_code=500,
+        )
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -336,6 +383,19 @@ def create_app(predictor: Any, options: Optional[ServeOptions] = None) -> FastAP
         await form.close()
         return data
 
+    async def run_upload(request: Request, work: Any, *args: Any) -> Any:
+        """Take a queue slot (503 when none is free), receive the upload within
+        ``options.read_timeout`` s (else 408), then ``work(data, *args)`` on a worker thread."""
+        with queue.slot() as slot:
+            try:
+                data = await asyncio.wait_for(read_upload(request), options.read_timeout)
+            except asyncio.TimeoutError:
+                raise UploadError(
+                    408, f"the upload did not arrive within {options.read_timeout:g} s: send it again "
+                    "over a faster connection, or a smaller image"
+                ) from None
+            return await slot.run(work, data, *args)
+
     @app.post(
         "/predict",
         responses={200: {"content": {"image/png": {}, "application/json": {}}}},
@@ -356,11 +416,10 @@ def create_app(predictor: Any, options: Optional[ServeOptions] = None) -> FastAP
         """
         if segmenter is None:
             raise WrongTask(task)
-        data = await read_upload(request)
         if instances:
-            result = await queue.run(segmenter.objects_response, data, threshold, tta, include_masks)
+            result = await run_upload(request, segmenter.objects_response, threshold, tta, include_masks)
             return Response(json.dumps(result), media_type="application/json")
-        mask, media = await queue.run(segmenter.mask_response, data, threshold, tta)
+        mask, media = await run_upload(request, segmenter.mask_response, threshold, tta)
         name = "mask.png" if media == "image/png" else "mask.tif"
         disposition = f'attachment; filename="{name}"'
         return Response(mask, media_type=media, headers={"Content-Disposition": disposition})
@@ -383,8 +442,7 @@ def create_app(predictor: Any, options: Optional[ServeOptions] = None) -> FastAP
         """
         if restorer is None:
             raise WrongTask(task)
-        data = await read_upload(request)
-        body, media, note = await queue.run(restorer.response, data, tta)
+        body, media, note = await run_upload(request, restorer.response, tta)
         name = "restored.png" if media == "image/png" else "restored.tif"
         headers = {"Content-Disposition": f'attachment; filename="{name}"'}
         if note:
@@ -392,6 +450,7 @@ def create_app(predictor: Any, options: Optional[ServeOptions] = None) -> FastAP
         return Response(body, media_type=media, headers=headers)
 
     app.state.queue = queue
+    app.state.options = options
     app.state.segmenter = segmenter
     app.state.restorer = restorer
     return app
@@ -401,7 +460,7 @@ class BackgroundServer:
     """Run ``app`` under uvicorn on a loopback port in a thread (tests, benchmarks, notebooks).
 
     ``with BackgroundServer(app) as url: ...``; ``port=0`` picks a free port. Only loopback
-    addresses are accepted here.
+    addresses are accepted here. uvicorn takes at most ``ServeOptions.max_connections`` at once.
     """
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -411,7 +470,9 @@ class BackgroundServer:
 
         if not ipaddress.ip_address(host).is_loopback:
             raise ValueError(f"BackgroundServer binds loopback addresses only, got {host!r}")
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        limit = app.state.options.max_connections
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", limit_concurrency=limit)
+        self.server = uvicorn.Server(config)
         self.host = host
         self._thread: Optional[threading.Thread] = None
 

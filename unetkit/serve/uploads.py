@@ -1,25 +1,26 @@
 """Uploaded bytes -> a channel-first image, refusing what would hurt the server.
 
-Checks, in order: the byte size, that Pillow recognises the format, the pixel count and the
-longest side from the header alone (a decompression bomb is refused before it is decoded; a
+The bytes are opened once, as one of PNG/JPEG/TIFF/BMP only, and that one opened image is checked,
+then decoded. Checks, in order: the byte size, that the format is one of those, the pixel count and
+the longest side from the header alone (a decompression bomb is refused before it is decoded; a
 super-resolution upload is also refused when its scale-times-larger output would be over the
-limits), one frame only, then the full decode (a truncated file fails here). Nothing is written
-to disk.
+limits), one frame only, then the full decode (a truncated file fails here), whose shape is checked
+against the limits again. Nothing is written to disk.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
-from ..data.io import decode_picture
+from ..data.io import PICTURE_FORMATS, decode_picture
 
 MB = 1024 * 1024
-# Pillow plugins tried on uploads; formats that need outside programs (EPS: Ghostscript) are not.
-FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
 FORMATS_HINT = "PNG, JPEG, TIFF or BMP"
 
 
@@ -43,27 +44,17 @@ class UploadError(ValueError):
         self.status = status
 
 
-def decode_upload(data: bytes, limits: Limits, output_scale: int = 1) -> np.ndarray:
-    """Decode an uploaded 2D image to ``(C, H, W)`` (dtype kept; palette -> RGB; opaque alpha dropped).
-
-    ``output_scale``: the answer is that many times larger along each axis (super-resolution); its
-    size ``(H * output_scale, W * output_scale)`` must be within ``limits`` too (checked on the header).
-    """
+@contextmanager
+def pillow_errors(message: str) -> Iterator[None]:
+    """Turn Pillow's failures inside the block into :class:`UploadError`: an unknown format 415, a
+    decompression bomb (Pillow's error, or its warning) 413, anything else unreadable 400 with
+    ``message`` (``{exc}`` in it becomes Pillow's reason)."""
     from PIL import Image, UnidentifiedImageError
 
-    if not data:
-        raise UploadError(400, "the uploaded file is empty: upload an image file in the field 'file'")
-    if len(data) > limits.max_bytes:
-        raise UploadError(
-            413, f"the file is {len(data) / MB:.1f} MB, over the server's limit of "
-            f"{limits.max_bytes / MB:.1f} MB: upload a smaller image (or serve with a larger --max-mb)"
-        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=FORMATS) as header:
-                width, height = header.size
-                frames = getattr(header, "n_frames", 1)
+            yield
     except UnidentifiedImageError:
         raise UploadError(415, f"the file is not an image this server reads: upload {FORMATS_HINT}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -72,26 +63,47 @@ def decode_upload(data: bytes, limits: Limits, output_scale: int = 1) -> np.ndar
             "upload a smaller image"
         ) from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise UploadError(400, f"the image header cannot be read ({exc}): re-export the image") from None
+        raise UploadError(400, message.format(exc=exc)) from None
+
+
+def decode_upload(data: bytes, limits: Limits, output_scale: int = 1) -> np.ndarray:
+    """Decode an uploaded 2D image to ``(C, H, W)`` (dtype kept; palette -> RGB; opaque alpha dropped).
+
+    ``output_scale``: the answer is that many times larger along each axis (super-resolution); its
+    size ``(H * output_scale, W * output_scale)`` must be within ``limits`` too. The limits are checked on
+    the header, then on the decoded image.
+    """
+    from PIL import Image
+
+    if not data:
+        raise UploadError(400, "the uploaded file is empty: upload an image file in the field 'file'")
+    if len(data) > limits.max_bytes:
+        raise UploadError(
+            413, f"the file is {len(data) / MB:.1f} MB, over the server's limit of "
+            f"{limits.max_bytes / MB:.1f} MB: upload a smaller image (or serve with a larger --max-mb)"
+        )
+    with pillow_errors("the image header cannot be read ({exc}): re-export the image"):
+        picture = Image.open(io.BytesIO(data), formats=PICTURE_FORMATS)
+        frames = getattr(picture, "n_frames", 1)
+    with picture:
+        check_size(*picture.size, limits, output_scale)
+        if frames != 1:
+            raise UploadError(
+                422, f"the file holds {frames} frames or pages; the server segments single 2D images: upload "
+                "one page (use `unetkit predict` for stacks and volumes)"
+            )
+        with pillow_errors("the image is truncated or damaged ({exc}): upload the complete file"):
+            array = decode_picture(picture)
+    check_size(array.shape[1], array.shape[0], limits, output_scale)
+    return np.ascontiguousarray(array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0))
+
+
+def check_size(width: int, height: int, limits: Limits, output_scale: int = 1) -> None:
+    """Raise a 413 :class:`UploadError` if ``width x height``, or its ``output_scale`` x super-resolved
+    output, is over the pixel or side limit."""
     check_dimensions(width, height, limits)
     if output_scale > 1:
         check_output_dimensions(width, height, output_scale, limits)
-    if frames != 1:
-        raise UploadError(
-            422, f"the file holds {frames} frames or pages; the server segments single 2D images: upload one "
-            "page (use `unetkit predict` for stacks and volumes)"
-        )
-    try:
-        # The bytes start with the magic of one of FORMATS (checked above), so the shared reader,
-        # which opens without a format list, picks that same plugin.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            array = decode_picture(io.BytesIO(data))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as exc:
-        raise UploadError(
-            400, f"the image is truncated or damaged ({exc}): upload the complete file"
-        ) from None
-    return np.ascontiguousarray(array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0))
 
 
 def check_dimensions(width: int, height: int, limits: Limits) -> None:

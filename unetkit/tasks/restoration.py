@@ -22,7 +22,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..data.blindspot import apply_blind_spot, blind_spot_mask
 from ..data.degrade import downscale, image_rng, modcrop, parse_noise, rgb_to_ycbcr, upscale
-from ..data.io import DataError
+from ..data.io import DataError, failure_message
 from ..data.pairs import (
     ImagePair,
     check_image_pairs,
@@ -274,25 +274,32 @@ def evaluate_restoration(
     ``report.md`` (input | output | target crops of the ``worst`` images by PSNR) and, with
     ``save_outputs``, ``restored/<name>.tif`` (float32)."""
     from ..inference.restore import save_restored
-    from ..training.reporting import crop_panels, markdown_table, save_picture, write_csv
+    from ..training.reporting import crop_panels, failed_section, markdown_table, save_picture, write_csv
     from ..utils.atomic import atomic_write_json, atomic_write_text
 
     config = restoration_noise(run.config, noise)
     pairs = find_image_pairs(data_dir)
     scale = predictor.scale
-    check_image_pairs(pairs, scale if any(p.target is not None for p in pairs) else None, same_channels=False)
-    items = (validation_item(p, config, scale) for p in pairs)
+    paired_scale = scale if any(p.target is not None for p in pairs) else None
     if progress:
         from tqdm.auto import tqdm
 
-        items = tqdm(items, total=len(pairs), desc="evaluating", unit="image")
-    scored = score_restorations(predictor, items)
+        pairs = tqdm(pairs, desc="evaluating", unit="image")
+    scored, failed = [], []
+    for pair in pairs:
+        try:
+            check_image_pairs([pair], paired_scale, same_channels=False)
+            scored += score_restorations(predictor, [validation_item(pair, config, scale)])
+        except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the evaluation
+            failed.append(failure_message(pair.image, exc))
+    if not scored:
+        raise DataError(f"{data_dir}: no image could be scored:\n  - " + "\n  - ".join(failed))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [{"image": s.name, **s.metrics} for s in scored]
     summary: dict[str, Any] = {
         **summary_of(scored), "num_images": len(scored), "run": str(run.path), "data": str(data_dir),
-        "task": describe_mode(config), "tta": bool(predictor.tta),
+        "task": describe_mode(config), "tta": bool(predictor.tta), **({"failed": failed} if failed else {}),
     }
     write_csv(out_dir / "per_image.csv", rows)
     atomic_write_json(out_dir / "summary.json", summary)
@@ -320,7 +327,7 @@ def evaluate_restoration(
         )
         lines += [f"### {s.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in s.metrics.items()), "",
                   f"![{s.name}](crops/{picture.name})", ""]
-    lines += ["## Every image", "", markdown_table(rows, ["image", *columns]), ""]
+    lines += ["## Every image", "", markdown_table(rows, ["image", *columns]), "", *failed_section(failed)]
     atomic_write_text(out_dir / "report.md", "\n".join(lines))
     return summary
 

@@ -1,7 +1,8 @@
 """Segmentation: an image and its mask make a pair, the loss is cross-entropy/Dice, the output a mask.
 
-Semantic (the masks' classes) or the three-class target (background / interior / border from the
-objects) for instance segmentation; see :mod:`unetkit.data` for the layouts and encodings.
+Semantic (the masks' classes), or for instance segmentation the three-class target (background /
+interior / border from the objects) or the flows target (foreground and a flow field towards each
+object's centre, :mod:`unetkit.flows`); see :mod:`unetkit.data` for the layouts and encodings.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..data.io import read_image
 from ..data.patches import PatchDataset
 from ..data.samples import find_samples, load_sample, split_samples
 from ..data.weights import BorderWeightConfig
-from ..losses import SegmentationLoss
+from ..losses import FlowLoss, SegmentationLoss
 from .base import LossFn, Task, TaskData, check_dims, output_loss, patches_per_epoch
 
 CLASSES_FILE = "classes.json"
@@ -57,16 +58,26 @@ class SegmentationTask(Task):
 
     def resolve_config(self, config: TrainConfig, data: TaskData) -> TrainConfig:
         """Input channels from the images; output classes from the masks (a binary problem keeps a
-        1-channel sigmoid head or a 2-channel softmax head, whichever the config asks for)."""
+        1-channel sigmoid head or a 2-channel softmax head, whichever the config asks for; a flows
+        network has a foreground logit and one flow component per axis)."""
         model = config.model
         n_classes = 3 if config.data.target == "three_class" else data.classes.num_classes
         out = model.num_classes if (n_classes == 2 and model.num_classes in (1, 2)) else n_classes
+        if config.data.target == "flows":
+            out = 1 + data.dims
         check_dims(config, data)
         return dataclasses.replace(
             config, model=dataclasses.replace(model, in_channels=data.in_channels, num_classes=out)
         )
 
     def build_loss(self, config: TrainConfig, data: TaskData) -> LossFn:
+        if config.data.target == "flows":
+            flow_loss = FlowLoss(config.loss, ignore_index=data.classes.ignore_index)
+
+            def flows_loss(output: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+                return flow_loss(output, batch["mask"], batch["flows"], batch.get("weight"))
+
+            return output_loss(flows_loss)
         loss = SegmentationLoss(config.loss, ignore_index=data.classes.ignore_index)
 
         def segmentation_loss(output: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -125,4 +136,5 @@ class SegmentationTask(Task):
         return {CLASSES_FILE: data.classes.to_dict()}
 
     def describe(self, config: TrainConfig) -> str:
-        return "segmentation" + (" (three-class target)" if config.data.target == "three_class" else "")
+        target = {"three_class": " (three-class target)", "flows": " (flows target)"}
+        return "segmentation" + target.get(config.data.target, "")

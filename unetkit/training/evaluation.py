@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
+from skimage.measure import label as connected_components
 
 from ..config import monitor_mode
 from ..metrics import (
@@ -19,12 +20,12 @@ from ..metrics import (
     summarize,
 )
 from ..utils.atomic import atomic_write_json, atomic_write_text
-from .reporting import markdown_table, save_overlay, write_csv
+from .reporting import failed_section, markdown_table, save_overlay, write_csv
 
 #: Columns of the report tables, in this order when present.
 REPORT_COLUMNS = (
     "dice", "iou", "precision", "recall", "pixel_error", "isbi_pixel_error", "rand_error", "rand_error_best",
-    "hd95", "mean_iou",
+    "hd95", "mean_iou", "route_rand_error", "route_pixel_error", "warping_error",
     "ap_50", "dsb_score", "f1_50", "aji", "panoptic_quality",
 )
 
@@ -42,18 +43,34 @@ class Scored:
     metrics: dict[str, Any]
     rand_sweep: Optional[np.ndarray] = None
     pixel_sweep: Optional[np.ndarray] = None
+    route_pixels: Optional[np.ndarray] = None
 
 
-def predicted_instances(probs: np.ndarray, target: str, config: Any) -> np.ndarray:
-    """Objects ``(*S)`` from probabilities ``(K, *S)``: the 3-class route for a ``three_class`` net,
-    the foreground watershed (or components, per ``config``) otherwise."""
-    from ..instances import instances_from_foreground, instances_from_three_class
+def membrane_route_scores(
+    probs: np.ndarray, truth: np.ndarray, config: Any
+) -> tuple[np.ndarray, dict[str, float], np.ndarray]:
+    """Score the membrane route on one section: probabilities ``(2, *S)``, truth class ids ``(*S)``.
 
-    if target == "three_class":
-        return instances_from_three_class(probs, config)
-    if probs.shape[0] != 2:
-        raise ValueError("instance scores need a binary (foreground) or a three_class run")
-    return instances_from_foreground(probs[1], config)
+    Returns the cell labels, the route's metrics (``route_rand_error``: adapted Rand error of the cells
+    against the truth's 4-connected cells; ``warping_error`` of the route's mask, the thresholded map
+    with the watershed lines drawn in as membrane, 2D only) and the mask's cell pixel counts ``(1, 3)``
+    (TP, FP, FN) for the pooled ``route_pixel_error``.
+    """
+    from ..instances import instances_from_membranes
+    from ..metrics import adapted_rand_error
+    from ..warping import warping_error
+
+    membrane = config.membrane_class
+    labels, lines = instances_from_membranes(probs, config)
+    cells = (probs[1 - membrane] > config.threshold) & ~lines
+    true_cells = truth == 1 - membrane
+    truth_cells = connected_components(true_cells, connectivity=1)
+    metrics = {"route_rand_error": adapted_rand_error(labels, truth_cells)}
+    if truth.ndim == 2:
+        metrics["warping_error"] = warping_error(cells.astype(np.float32), true_cells)
+    tp = int(np.count_nonzero(cells & true_cells))
+    counts = np.array([[tp, int(np.count_nonzero(cells)) - tp, int(np.count_nonzero(true_cells)) - tp]])
+    return labels, metrics, counts
 
 
 def score_images(
@@ -78,13 +95,18 @@ def score_images(
     the items, the object-level scores of :mod:`unetkit.instance_metrics` are added.
     """
     from ..instance_metrics import instance_scores
+    from ..instances import instances_from_probabilities
 
     scored = []
     target = predictor.target
     binary = classes.num_classes == 2 and target == "semantic"
+    membrane = instance_config is not None and instance_config.method == "membrane"
     for name, image, truth, *true_instances in items:
         probs = predictor.predict_proba(image)
         pred = predictor.labels(probs)
+        route_pixels = found = None
+        if membrane:
+            found, route_metrics, route_pixels = membrane_route_scores(probs, truth, instance_config)
         metrics = segmentation_metrics(
             pred,
             truth,
@@ -100,10 +122,13 @@ def score_images(
             pixel_sweep = pixel_counts_by_threshold(probs[1][keep], truth[keep])
         else:
             sweep = pixel_sweep = None
+        if membrane:
+            metrics.update(route_metrics)
         if instance_config is not None and true_instances:
-            found = predicted_instances(probs, target, instance_config)
+            if found is None:
+                found = instances_from_probabilities(probs, instance_config)
             metrics.update(instance_scores(true_instances[0], found).to_dict())
-        scored.append(Scored(name, image, truth, pred, metrics, sweep, pixel_sweep))
+        scored.append(Scored(name, image, truth, pred, metrics, sweep, pixel_sweep, route_pixels))
     return scored
 
 
@@ -114,6 +139,9 @@ def summary_of(scored: Sequence[Scored], classes: Any) -> dict[str, Any]:
         summary["rand_error_best"], summary["rand_threshold"] = best_rand_error(np.stack(sweeps))
         counts = np.stack([s.pixel_sweep for s in scored])
         summary["isbi_pixel_error"], summary["isbi_pixel_threshold"] = best_pixel_error(counts)
+    route = [s.route_pixels for s in scored if s.route_pixels is not None]
+    if route:
+        summary["route_pixel_error"] = best_pixel_error(np.stack(route), thresholds=(0.5,))[0]
     return summary
 
 
@@ -122,12 +150,13 @@ def per_image_rows(scored: Sequence[Scored]) -> list[dict[str, Any]]:
 
 
 def worst_first(scored: Sequence[Scored], metric: str) -> list[Scored]:
-    """Images from the worst to the best by ``metric`` (nan last)."""
+    """Images from the worst to the best by ``metric``; an undefined value (nan: the HD95 of an
+    image with a missed or spurious class) counts as the worst of all."""
     sign = 1.0 if monitor_mode(metric) == "min" else -1.0
 
     def key(s: Scored) -> float:
         v = float(s.metrics.get(metric, math.nan))
-        return math.inf if math.isnan(v) else -sign * v
+        return -math.inf if math.isnan(v) else -sign * v
 
     return sorted(scored, key=key)
 
@@ -141,13 +170,17 @@ def write_report(
     metric: str = "dice",
     worst: int = 4,
     extra: Optional[dict[str, Any]] = None,
+    failed: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Write ``per_image.csv``, ``summary.json``, overlays of the ``worst`` images and ``report.md``."""
+    """Write ``per_image.csv``, ``summary.json``, overlays of the ``worst`` images and ``report.md``;
+    ``failed`` (one line per file that could not be scored) goes to both as ``failed``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summary_of(scored, classes)
     if extra:
         summary.update(extra)
+    if failed:
+        summary["failed"] = list(failed)
     write_csv(out_dir / "per_image.csv", per_image_rows(scored))
     atomic_write_json(out_dir / "summary.json", summary)
     columns = [c for c in REPORT_COLUMNS if c in summary]
@@ -161,6 +194,13 @@ def write_report(
         markdown_table([summary], columns),
         "",
     ]
+    if "hd95_misses" in summary:
+        lines += [
+            f"hd95: mean over the {len(scored) - summary['hd95_misses']} images where it is defined; "
+            f"{summary['hd95_misses']} with a class missed or predicted where there is none (HD95 "
+            "undefined) are left out of it and ranked worst.",
+            "",
+        ]
     if classes.num_classes > 2:
         per_class = [
             {
@@ -175,7 +215,12 @@ def write_report(
             "",
             markdown_table(per_class, ["class", "IoU", "Dice"]),
             "",
-            f"Mean IoU over the dataset: {summary['global_iou']:.4f}",
+            f"Mean IoU over the dataset: {summary['global_iou']:.4f}"
+            + (
+                f" (classes absent from every image, left out: {', '.join(summary['absent_classes'])})"
+                if summary["absent_classes"]
+                else ""
+            ),
             "",
         ]
     lines += [
@@ -193,9 +238,8 @@ def write_report(
         "",
         markdown_table(per_image_rows(scored), ["image", *columns]),
         "",
-        "Warping error: not implemented (see unetkit.metrics).",
-        "",
     ]
+    lines += failed_section(failed)
     atomic_write_text(out_dir / "report.md", "\n".join(lines))
     return summary
 
@@ -229,9 +273,10 @@ def evaluate_run(
     ``instance_config`` objects are scored too, against the dataset's ``instances/`` (or the
     connected components of the masks when it has none).
     """
-    from ..data.check import check_dataset
-    from ..data.samples import find_samples, load_instances, load_sample
+    from ..data.io import DataError, failure_message
+    from ..data.samples import load_instances, load_sample, scan_dataset
     from ..inference import Predictor
+    from ..instances import membrane_config
     from .run import Run
 
     run = Run.load(run_dir)
@@ -247,9 +292,10 @@ def evaluate_run(
             run, data_dir, out_dir, predictor=predictor, noise=noise, save_outputs=save_masks, worst=worst,
             progress=progress,
         )
-    check_dataset(data_dir).raise_if_problems()
-    samples = find_samples(data_dir)
+    samples, failed = scan_dataset(data_dir)
     cfg = run.config.data
+    if cfg.membrane_class is not None and (instance_config is None or instance_config.method == "membrane"):
+        instance_config = membrane_config(cfg.membrane_class)
     predictor = Predictor(
         run.model, classes=run.classes, tta=tta, object_diameter=cfg.object_diameter, target=cfg.target
     )
@@ -259,12 +305,18 @@ def evaluate_run(
             return sample.name, image, truth
         return sample.name, image, truth, load_instances(sample, truth, run.classes)
 
-    items = (item(s) for s in samples)
     if progress:
         from tqdm.auto import tqdm
 
-        items = tqdm(items, total=len(samples), desc="evaluating", unit="image")
-    scored = score_images(predictor, items, run.classes, instance_config=instance_config)
+        samples = tqdm(samples, desc="evaluating", unit="image")
+    scored = []
+    for sample in samples:
+        try:
+            scored += score_images(predictor, [item(sample)], run.classes, instance_config=instance_config)
+        except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the evaluation
+            failed.append(failure_message(sample.image, exc))
+    if not scored:
+        raise DataError(f"{data_dir}: no image could be scored:\n  - " + "\n  - ".join(failed))
     out_dir = Path(out_dir)
     if save_masks:
         for s in scored:
@@ -277,4 +329,5 @@ def evaluate_run(
         metric=metric or run.config.budget.monitor,
         worst=worst,
         extra={"run": str(run.path), "data": str(data_dir), "tta": tta},
+        failed=failed,
     )

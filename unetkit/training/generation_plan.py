@@ -24,8 +24,10 @@ from typing import Optional, Union
 import numpy as np
 
 from ..config import GenerationConfig, TrainConfig
+from ..data.check import check_dataset
 from ..data.generation import find_generation_images
 from ..data.io import read_image
+from ..data.pairs import ImagePair, check_image_pairs
 from ..data.samples import find_samples
 from .planner import Machine, Plan, fingerprint_subset
 
@@ -60,11 +62,15 @@ class GenerationFingerprint:
 
 
 def fingerprint_generation(root: Union[str, Path], condition: Optional[str]) -> GenerationFingerprint:
+    """Fingerprint a generation dataset folder; every image is checked first, and one
+    :class:`~unetkit.data.io.DataError` names every problem (a mask dataset: as ``check-data``)."""
     if condition == "mask":
+        check_dataset(root).raise_if_problems()
         paths, classes = [s.image for s in find_samples(root)], []
     else:
         items, classes = find_generation_images(root)
         paths = [item.image for item in items]
+        check_image_pairs([ImagePair(p) for p in paths])
     picked = fingerprint_subset(paths)
     images = [read_image(p) for p in picked]
     shapes = np.array([im.shape[1:] for im in images])

@@ -24,12 +24,14 @@ import torch
 from ..config import TrainConfig
 from ..data.check import check_dataset
 from ..data.io import read_image
+from ..data.membrane import membrane_class_of, membrane_class_of_dataset
 from ..data.normalize import NormalizeConfig
 from ..data.samples import find_samples, load_instances, load_labels
 from ..data.scale import equivalent_diameters, median_object_diameter, scale_factor
 from ..losses import LossConfig
 from ..models import build_model
 from .precision import autocast, mixed_precision_dtype
+from .target_plan import choose_target, object_crowding
 
 #: Time budget used to size the plan when none is given (the run is then limited by epochs).
 DEFAULT_PLAN_MINUTES = 30.0
@@ -92,6 +94,8 @@ class Fingerprint:
     median_object_diameter: Optional[float]
     full_range_fraction: float = 0.0
     image_object_diameters: list[float] = field(default_factory=list)
+    membrane_class: Optional[int] = None
+    object_crowding: list[tuple[float, float]] = field(default_factory=list)
 
     def describe(self) -> str:
         fractions = ", ".join(f"{n} {f:.1%}" for n, f in zip(self.class_names, self.class_fractions))
@@ -184,7 +188,7 @@ def fingerprint_dataset(root: Union[str, Path]) -> tuple[Fingerprint, Any]:
     samples = find_samples(root)
     rng = np.random.default_rng(0)
     picked = fingerprint_subset(samples, rng)  # the same rng then samples pixel values
-    shapes, values, diameters, image_diameters, spans = [], [], [], [], []
+    shapes, values, diameters, image_diameters, spans, membranes, crowding = [], [], [], [], [], [], []
     counts = np.zeros(classes.num_classes, dtype=np.int64)
     dtype = ""
     channels = 1
@@ -199,8 +203,11 @@ def fingerprint_dataset(root: Union[str, Path]) -> tuple[Fingerprint, Any]:
         labels = load_labels(sample, classes, image.shape[1:])
         valid = labels[labels != classes.ignore_index] if classes.ignore_index is not None else labels.ravel()
         counts += np.bincount(valid.ravel(), minlength=classes.num_classes)[: classes.num_classes]
+        membranes.append(membrane_class_of(labels, classes.num_classes, classes.ignore_index))
         if classes.num_classes == 2 or sample.instances is not None:
-            found = equivalent_diameters(load_instances(sample, labels, classes))
+            instances = load_instances(sample, labels, classes)
+            found = equivalent_diameters(instances)
+            crowding.append(object_crowding(instances))
             diameters += found.tolist()
             if found.size:
                 image_diameters.append(float(np.median(found)))
@@ -226,6 +233,8 @@ def fingerprint_dataset(root: Union[str, Path]) -> tuple[Fingerprint, Any]:
         median_object_diameter=float(np.median(diameters)) if diameters else None,
         image_object_diameters=image_diameters,
         full_range_fraction=float(np.mean([s >= 200 for s in spans])) if dtype == "uint8" else 0.0,
+        membrane_class=membrane_class_of_dataset(membranes),
+        object_crowding=[c for c in crowding if c is not None],
     )
     return fp, report
 
@@ -373,17 +382,22 @@ def plan_training(
     machine: Optional[Machine] = None,
     base: Optional[TrainConfig] = None,
     measure: bool = True,
-    target: str = "semantic",
+    target: Optional[str] = None,
 ) -> Plan:
     """Propose a config for ``train_dir`` on ``machine`` within ``max_minutes`` (see the module doc).
 
-    ``target``: ``"semantic"`` (the masks' classes) or ``"three_class"`` (background / interior /
-    border from the objects, for instance segmentation).
+    ``target``: ``"semantic"`` (the masks' classes), or for instance segmentation ``"three_class"``
+    (background / interior / border from the objects) or ``"flows"`` (foreground and a flow field
+    towards each object's centre); ``None`` picks from how crowded the objects are
+    (:func:`~unetkit.training.target_plan.choose_target`).
     """
     machine = machine or Machine.detect()
     fp, report = fingerprint_dataset(train_dir)
     config = base or TrainConfig()
     reasons: list[str] = []
+    if target is None:
+        target, why_target = choose_target(fp.object_crowding, fp.class_names, fp.membrane_class)
+        reasons.append(why_target)
     gpu = machine.device == "cuda"
     dims = fp.dims
 
@@ -421,12 +435,13 @@ def plan_training(
     )
 
     three_class = target == "three_class"
-    binary = len(fp.class_names) == 2 and not three_class
+    flows = target == "flows"
+    binary = len(fp.class_names) == 2 and target == "semantic"
     model = dataclasses.replace(
         config.model,
         architecture="unet",
         in_channels=fp.channels,
-        num_classes=1 if binary else 3 if three_class else len(fp.class_names),
+        num_classes=1 if binary else 3 if three_class else 1 + dims if flows else len(fp.class_names),
         dims=dims,
         depth=depth,
         base_channels=width,
@@ -442,6 +457,8 @@ def plan_training(
             if binary
             else "softmax over background / interior / border (the 3-class target)"
             if three_class
+            else f"a foreground logit and {dims} flow components (the flows target)"
+            if flows
             else f"softmax over {len(fp.class_names)} classes"
         )
     )
@@ -465,6 +482,12 @@ def plan_training(
     if three_class:
         loss = LossConfig(name="ce_dice")
         reasons.append("loss Dice + cross-entropy: the border class is a thin line, few of the pixels")
+    elif flows:
+        loss = LossConfig(name="ce_dice")
+        reasons.append(
+            "loss Dice + binary cross-entropy on the foreground, plus the mean squared error of the flows "
+            "(scaled x5, as Cellpose)"
+        )
     elif rarest < 0.1:
         loss = LossConfig(name="ce_dice")
         reasons.append(
@@ -478,6 +501,13 @@ def plan_training(
 
     object_diameter, why_scale = _object_scale(fp)
     reasons.append(why_scale)
+    membrane_class = fp.membrane_class if target == "semantic" else None
+    if membrane_class is not None:
+        reasons.append(
+            f"objects by the membrane route: class {fp.class_names[membrane_class]!r} is a thin network "
+            "joined across the images around the other class's objects (as in EM), so cells come from a "
+            "seeded watershed on its probability, closed by one-pixel lines (`predict --instances`)"
+        )
     data = dataclasses.replace(
         config.data,
         train=str(train_dir),
@@ -488,6 +518,7 @@ def plan_training(
         foreground_oversample=0.33 if rarest < 0.1 else 0.0,
         target=target,
         object_diameter=object_diameter,
+        membrane_class=membrane_class,
     )
     train_pixels = int(np.prod(fp.median_shape)) * fp.n_images
     per_epoch = max(batch * 8, round(train_pixels / patch**dims / batch) * batch)

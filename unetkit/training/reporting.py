@@ -200,3 +200,10 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def failed_section(failed: Sequence[str]) -> list[str]:
+    """Markdown lines of a report listing the files that could not be scored (none: no lines)."""
+    if not failed:
+        return []
+    return [f"## {len(failed)} file(s) not scored", "", *(f"- {line}" for line in failed), ""]

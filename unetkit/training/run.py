@@ -19,7 +19,7 @@ from ..checkpoint import MODEL_CONFIG_FILE, WEIGHTS_FILE, load_model
 from ..config import TrainConfig, monitor_mode
 from ..data.classes import ClassInfo
 from .reporting import read_csv
-from .state import COUNTERS, LATEST, STATE_DIR
+from .state import COUNTERS, latest_checkpoint
 
 CONFIG_FILE = "config.json"
 CLASSES_FILE = "classes.json"
@@ -71,11 +71,9 @@ class Run:
         )
         history = read_csv(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else []
         status = "done"
-        latest = path / STATE_DIR / LATEST
-        if latest.is_file():
-            counters = path / STATE_DIR / json.loads(latest.read_text())["checkpoint"] / COUNTERS
-            if counters.is_file():
-                status = json.loads(counters.read_text()).get("status", status)
+        checkpoint = latest_checkpoint(path)
+        if checkpoint is not None and (checkpoint / COUNTERS).is_file():
+            status = json.loads((checkpoint / COUNTERS).read_text()).get("status", status)
         return cls(path, config, classes, history, status)
 
     @property

@@ -1,9 +1,11 @@
 """Resumable training state in ``RUN/state/``, committed so that a crash never leaves a torn state.
 
-Each save writes a new folder ``state/ckpt-<step>/`` (last weights as safetensors, optimiser and
-RNG tensors via ``torch.save``, counters as JSON), then atomically rewrites ``state/latest.json``
-to point at it, and only then removes older folders. A process killed at any moment leaves
-``latest.json`` naming a complete checkpoint. Nothing is unpickled on load
+Each save writes a new folder ``state/ckpt-<step>-<epoch>/`` (last weights as safetensors,
+optimiser and RNG tensors via ``torch.save``, counters as JSON), then atomically rewrites
+``state/latest.json`` to point at it, and only then removes older folders. The folder that
+``latest.json`` names is never written into: a save at the same step and epoch (the end of a run)
+writes ``ckpt-<step>-<epoch>-b/`` (and the next one the plain name again). A process killed at any
+moment leaves ``latest.json`` naming a complete checkpoint. Nothing is unpickled on load
 (``torch.load(weights_only=True)``).
 """
 
@@ -63,8 +65,11 @@ def save_state(
     """Commit the full training state (with the weight average, if any); returns the checkpoint folder."""
     state_dir = Path(run_dir) / STATE_DIR
     name = f"ckpt-{progress.step:08d}-{progress.epoch:05d}"
+    committed = latest_checkpoint(run_dir)
+    if committed is not None and committed.name == name:
+        name += "-b"
     folder = state_dir / name
-    if folder.exists():
+    if folder.exists():  # what a killed save left; latest.json does not name it
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     _save_tensors(folder / WEIGHTS, model.state_dict())
@@ -83,6 +88,14 @@ def save_state(
     return folder
 
 
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The committed checkpoint folder (the one ``state/latest.json`` names), or ``None`` before the
+    first save."""
+    state_dir = Path(run_dir) / STATE_DIR
+    latest = state_dir / LATEST
+    return state_dir / json.loads(latest.read_text())["checkpoint"] if latest.is_file() else None
+
+
 def has_state(run_dir: Path) -> bool:
     return (Path(run_dir) / STATE_DIR / LATEST).is_file()
 
@@ -95,14 +108,12 @@ def load_state(
 ) -> Progress:
     """Restore weights, optimiser, weight average and RNG from the committed checkpoint; returns the
     counters."""
-    state_dir = Path(run_dir) / STATE_DIR
-    latest = state_dir / LATEST
-    if not latest.is_file():
+    folder = latest_checkpoint(run_dir)
+    if folder is None:
         raise FileNotFoundError(
-            f"{latest} not found: {run_dir} has no training state to resume "
+            f"{Path(run_dir) / STATE_DIR / LATEST} not found: {run_dir} has no training state to resume "
             "(start a new run without --resume, or give the RUN folder of an earlier `unetkit train`)"
         )
-    folder = state_dir / json.loads(latest.read_text())["checkpoint"]
     device = next(model.parameters()).device
     model.load_state_dict(load_file(str(folder / WEIGHTS), device=str(device)))
     if average is not None:

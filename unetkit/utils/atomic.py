@@ -2,14 +2,15 @@
 
 Data goes to a temporary file in the destination's folder, is flushed to disk, and is
 renamed over the destination in one step (``os.replace``), so a reader sees either the
-old file or the new one, never a torn one.
+old file or the new one, never a torn one. The file gets the mode any new file gets (``0666``
+less the umask), as if it had been written directly.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Union
@@ -27,10 +28,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _new_temp_file(path)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
@@ -39,6 +37,20 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _new_temp_file(path: Path) -> Path:
+    """Create an empty, uniquely named file beside ``path`` with the umask's mode (``mkstemp``
+    would make it ``0600``, and the rename would keep that)."""
+    suffix = "".join(path.suffixes) or ".tmp"
+    while True:
+        tmp = path.parent / f".{path.stem}.{secrets.token_hex(6)}.part{suffix}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:

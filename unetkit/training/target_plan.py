@@ -1,0 +1,65 @@
+"""Which target a segmentation plan trains for: from how crowded the dataset's objects are.
+
+Objects that rarely touch come apart from a foreground map (connected components or a distance
+watershed), so the masks' classes are learnt as they are (``"semantic"``). Where many objects touch
+another, or some do and their sizes vary too much for one watershed seed distance, the network
+learns a target that keeps touching objects apart (:data:`CROWDED_TARGET`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..data.instances import touching_pixels
+from ..data.scale import equivalent_diameters
+
+#: The target for crowded objects: on the synthetic crowded cells (BENCHMARKS.md, issue 15) the flows
+#: target beat the three-class target on every object score for the same training time.
+CROWDED_TARGET = "flows"
+#: Objects are crowded when, in the median image, at least this fraction of them touch another.
+CROWDED_TOUCHING = 0.2
+#: ... or when at least SOME_TOUCHING do and their diameters spread more than SIZE_SPREAD (90th over
+#: 10th percentile within an image): no single watershed seed distance suits them all.
+SOME_TOUCHING = 0.05
+SIZE_SPREAD = 3.0
+
+
+def object_crowding(instances: np.ndarray) -> Optional[tuple[float, float]]:
+    """``(fraction of the objects touching another, 90th / 10th percentile of their equivalent
+    diameters)`` in one instance image ``(*S)``; ``None`` without objects."""
+    ids = np.unique(instances)
+    ids = ids[ids > 0]
+    if not ids.size:
+        return None
+    touching = np.unique(instances[touching_pixels(instances)]).size
+    low, high = np.percentile(equivalent_diameters(instances), [10, 90])
+    return touching / ids.size, float(high / max(low, 1e-9))
+
+
+def choose_target(
+    crowding: Sequence[tuple[float, float]], class_names: Sequence[str], membrane_class: Optional[int] = None
+) -> tuple[str, str]:
+    """The planned ``data.target`` and why, from :func:`object_crowding` of the fingerprinted images."""
+    if membrane_class is not None:
+        return "semantic", "target semantic: the objects are cells outlined by a membrane class"
+    if len(class_names) != 2:
+        return "semantic", f"target semantic: {len(class_names)} classes, not one kind of object"
+    if not crowding:
+        return "semantic", "target semantic: no separate objects measured"
+    touching, spread = (float(v) for v in np.median(np.array(crowding), axis=0))
+    numbers = (
+        f"{touching:.0%} of the objects touch another in the median image and their diameters spread "
+        f"{spread:.1f}x within an image (90th/10th percentile)"
+    )
+    if touching >= CROWDED_TOUCHING or (touching >= SOME_TOUCHING and spread >= SIZE_SPREAD):
+        return CROWDED_TARGET, (
+            f"target {CROWDED_TARGET}: {numbers}, so a foreground map would merge them; the network learns a "
+            "flow field towards each object's centre, which keeps touching objects apart whatever their "
+            "size and shape (`predict --instances` follows it)"
+        )
+    return "semantic", (
+        f"target semantic: {numbers}, few enough for the foreground and a distance-transform watershed "
+        "to separate them"
+    )
