@@ -26,9 +26,9 @@ from .instances import InstanceConfig, _relabel
 FLOW_STEPS = 200
 #: Gaussian sigma (px) smoothing the histogram of end points before looking for its peaks.
 ENDPOINT_SMOOTHING = 1.0
-#: Smoothed end-point density (pixels per px^D) under which an end point belongs to no object:
-#: a few pixels stranded together are noise, not a centre.
-MIN_ENDPOINT_DENSITY = 0.5
+#: Smoothed end-point density (pixels per px^D) under which an end point belongs to no object: pixels
+#: that the flows do not move stay at one per px^D, so an object's centre is where more gather.
+MIN_ENDPOINT_DENSITY = 2.0
 
 
 def follow_flows(flows: np.ndarray, mask: np.ndarray, steps: int = FLOW_STEPS) -> np.ndarray:

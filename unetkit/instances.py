@@ -1,12 +1,18 @@
 """From pixels to objects: separate touching objects, measure them, export them.
 
-Two routes turn a network's output into an instance label image (0 = background, 1..N objects):
+Four routes turn a network's output into an instance label image (0 = background, 1..N objects),
+all behind :func:`instances_from_probabilities`; :func:`default_instance_method` picks a run's own:
 
 1. semantic foreground probabilities -> :func:`instances_from_foreground`: a seeded watershed on the
    distance transform (``method="watershed"``), or plain connected components
    (``method="components"``);
 2. the 3-class target (background / interior / border) -> :func:`instances_from_three_class`:
-   connected interiors are the seeds, grown into the border region by a watershed.
+   connected interiors are the seeds, grown into the border region by a watershed;
+3. membrane data (cells separated by a thin boundary class, ISBI 2012) ->
+   :func:`instances_from_membranes`: a watershed of the boundary probability from confident cell
+   seeds, weak shared lines merged (``method="membrane"``);
+4. the flows target -> :func:`unetkit.flows.instances_from_flows`: pixels follow the predicted
+   flow field to the centre of their object (``method="flows"``).
 
 :func:`otsu_watershed` is the classical baseline without learning. :func:`object_table` measures
 the objects (2D and 3D) and :func:`coco_dataset` writes bounding boxes and RLE masks as COCO JSON.
@@ -15,6 +21,7 @@ the objects (2D and 3D) and :func:`coco_dataset` writes bounding boxes and RLE m
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from dataclasses import dataclass
@@ -45,7 +52,9 @@ class InstanceConfig:
     ``min_size``: objects smaller than this many pixels (voxels) are dropped.
     ``fill_holes``: fill holes inside each foreground region before splitting.
     ``flow_threshold``: the flows route (:mod:`unetkit.flows`) drops objects whose predicted flows
-    differ from the flows of their own shape by more than this mean squared error (``None``: none).
+    differ from the flows of their own shape by more than this mean squared error (Cellpose's check,
+    0.4 there; ``None``, the default: keeps them all, as on crowded synthetic cells the check at 0.4
+    dropped true objects of a briefly trained network and at 0.8 changed nothing).
 
     The membrane route (``method="membrane"``, for cells outlined by a thin boundary class as in EM)
     floods the boundary probability smoothed by ``smoothing`` from seeds where the cell probability
@@ -61,8 +70,8 @@ class InstanceConfig:
     smoothing: float = 1.0
     min_size: int = 16
     fill_holes: bool = True
-    flow_threshold: Optional[float] = 0.4
-    seed_threshold: float = 0.9
+    flow_threshold: Optional[float] = None
+    seed_threshold: float = 0.95
     merge_threshold: Optional[float] = None
     membrane_class: int = 0
 
@@ -213,26 +222,32 @@ def instances_from_membranes(
     return _relabel(labels, 1), labels == 0
 
 
-def instances_from_probabilities(probabilities: np.ndarray, config: InstanceConfig) -> np.ndarray:
+def instances_from_probabilities(
+    probabilities: np.ndarray, config: InstanceConfig, target: str = "semantic"
+) -> np.ndarray:
     """Per-class probabilities ``(K, *S)`` -> instance labels ``(*S)`` uint32 by ``config.method``.
 
-    The one dispatch over the routes, used by ``predict``, ``evaluate`` and the server.
+    The one dispatch over the routes, used by ``predict``, ``evaluate`` and the server. A run trained
+    with ``target="flows"`` gives ``(2 + D, *S)``: background, foreground, then one flow component
+    per spatial axis; its foreground alone feeds the other routes.
     """
     if config.method == "three_class":
         return instances_from_three_class(probabilities, config)
     if config.method == "membrane":
         return instances_from_membranes(probabilities, config)[0]
-    flow_outputs = probabilities.shape[0] == 1 + probabilities.ndim  # background, foreground, D flows
     if config.method == "flows":
-        from .flows import instances_from_flows
-
-        if not flow_outputs:
+        if target != "flows" or probabilities.shape[0] != 2 + probabilities.ndim - 1:
             raise ValueError(
                 f"the flows route needs a flows network's outputs (background, foreground, one flow "
-                f"component per axis), got shape {probabilities.shape}; train with --target flows"
+                f"component per axis), got shape {probabilities.shape} from a {target!r} run; "
+                "train with --target flows"
             )
+        from .flows import instances_from_flows
+
         return instances_from_flows(probabilities[1], probabilities[2:], config)
-    if probabilities.shape[0] != 2 and not flow_outputs:
+    if target == "flows":
+        probabilities = probabilities[:2]
+    if probabilities.shape[0] != 2:
         raise ValueError(
             f"the instance route {config.method!r} needs a binary (foreground) model; this one has "
             f"{probabilities.shape[0]} classes (use a run trained with --data.target three_class)"
@@ -241,8 +256,11 @@ def instances_from_probabilities(probabilities: np.ndarray, config: InstanceConf
 
 
 def membrane_config(membrane_class: int) -> InstanceConfig:
-    """The membrane route's settings (tuned on ISBI 2012 validation sections) for this boundary class."""
-    return InstanceConfig(method="membrane", membrane_class=membrane_class)
+    """The membrane route's settings for this boundary class: seeds where the cell probability exceeds
+    0.95, the boundary smoothed by sigma 1, cells whose shared line averages under 0.2 merged (chosen on
+    ISBI 2012 validation sections 20-24, leave-one-section-out; BENCHMARKS.md)."""
+    return InstanceConfig(method="membrane", membrane_class=membrane_class, seed_threshold=0.95,
+                          merge_threshold=0.2, smoothing=1.0)
 
 
 def default_instance_method(
@@ -257,6 +275,22 @@ def default_instance_method(
     if target == "three_class" or list(class_names) == list(ClassInfo.three_class().names):
         return "three_class"
     return "watershed"
+
+
+def instance_config_for(
+    target: str,
+    class_names: Sequence[str],
+    membrane_class: Optional[int] = None,
+    method: Optional[str] = None,
+    **settings: Any,
+) -> InstanceConfig:
+    """The settings of a run's objects: ``method`` or the run's own route
+    (:func:`default_instance_method`), the membrane route with its tuned :func:`membrane_config`;
+    ``settings`` (``min_size``, ``threshold``...) override the defaults."""
+    method = method or default_instance_method(target, class_names, membrane_class)
+    if method == "membrane":
+        return dataclasses.replace(membrane_config(membrane_class or 0), **settings)
+    return InstanceConfig(method=method, **settings)
 
 
 def otsu_watershed(image: np.ndarray, config: Optional[InstanceConfig] = None) -> np.ndarray:

@@ -110,8 +110,8 @@ def test_flow_check_drops_objects_whose_flows_do_not_fit_their_shape():
     flows[:, labels == 2] = direction[:, labels == 2]
     assert flow_errors(labels, flows)[2] > 0.4
     mask = (labels > 0).astype(np.float32)
-    everything = instances_from_flows(mask, flows, InstanceConfig(method="flows", flow_threshold=None))
-    kept = instances_from_flows(mask, flows, FLOWS)
+    everything = instances_from_flows(mask, flows, FLOWS)
+    kept = instances_from_flows(mask, flows, InstanceConfig(method="flows", flow_threshold=0.4))
     assert everything.max() == 2 and kept.max() == 1 and np.array_equal(kept > 0, labels == 1)
     with pytest.raises(ValueError, match="one component per axis"):
         instances_from_flows(mask, flows[:1], FLOWS)
@@ -122,10 +122,12 @@ def test_the_dispatch_routes_a_flows_network_and_refuses_others():
     foreground = (labels > 0).astype(np.float32)
     outputs = np.concatenate([np.stack([1 - foreground, foreground]), flows_from_instances(labels)])
     assert default_instance_method("flows", ["background", "foreground"]) == "flows"
-    assert instances_from_probabilities(outputs, FLOWS).max() == 2
-    assert instances_from_probabilities(outputs, InstanceConfig(method="components")).max() == 1
+    assert instances_from_probabilities(outputs, FLOWS, target="flows").max() == 2
+    assert instances_from_probabilities(outputs, InstanceConfig(method="components"), "flows").max() == 1
     with pytest.raises(ValueError, match="--target flows"):
-        instances_from_probabilities(outputs[:2], FLOWS)
+        instances_from_probabilities(outputs[:2], FLOWS, target="semantic")
+    with pytest.raises(ValueError, match="--target flows"):
+        instances_from_probabilities(outputs, FLOWS, target="semantic")
 
 
 def test_flows_head_activation_and_loss():
@@ -240,5 +242,6 @@ def test_train_a_flows_network_and_get_its_objects(tmp_path):
     outputs = predictor.predict_proba(make_synthetic_cells(48, seed=5).image)
     assert outputs.shape == (4, 48, 48)
     method = default_instance_method(predictor.target, predictor.classes.names)
-    labels = instances_from_probabilities(outputs, InstanceConfig(method=method, min_size=1))
+    config = InstanceConfig(method=method, min_size=1)
+    labels = instances_from_probabilities(outputs, config, predictor.target)
     assert labels.shape == (48, 48) and labels.dtype == np.uint32

@@ -351,8 +351,10 @@ def test_evaluate_a_super_resolution_stage_on_pairs_and_a_mask_run_with_a_segmen
         Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(hr / f"{i}.png")
     sr = tmp_path / "sr"
     assert train_cli(hr, sr, "--condition", "low-res", "--scale", "2", "--data.patch-size", "8") == 0
+    (hr / "saved page.png").write_text("<html>404</html>")  # a broken file among the held-out images
     summary = evaluate_run(sr, hr, tmp_path / "sr_report", generation=dict(steps=2))
     assert summary["num_images"] == 3 and summary["scale"] == 2
+    assert len(summary["failed"]) == 1 and "saved page.png" in summary["failed"][0]
     assert all(np.isfinite(summary[k]) for k in ("psnr", "psnr_bicubic", "consistency_psnr"))
     assert len(list((tmp_path / "sr_report" / "crops").glob("*.png"))) == 3
 

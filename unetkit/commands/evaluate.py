@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from ..data.io import DataError
+from ..instances import INSTANCE_METHODS
 
 SHOWN = (
     "accuracy", "real_accuracy", "frechet", "frechet_floor", "nn_distance", "nn_distance_real", "copies",
@@ -47,8 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--metric", help="metric that ranks the worst images (default: the run's monitor)")
     parser.add_argument("--instances", action="store_true",
                         help="also score objects (AP@0.5, DSB score, F1@0.5, AJI, PQ) against instances/")
-    parser.add_argument("--instance-method", choices=("watershed", "components"), default="watershed",
-                        help="how a binary run's foreground becomes objects (3-class runs use their border)")
+    parser.add_argument("--instance-method", choices=INSTANCE_METHODS,
+                        help="how objects are separated (default: the run's own route, as in predict "
+                             "--instances: three_class, flows or membrane for such runs, else watershed)")
     gen = parser.add_argument_group("generation runs (diffusion)")
     gen.add_argument("--n", type=int, help="samples to score (default: as many as held-out real images)")
     gen.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
@@ -61,7 +63,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..instances import InstanceConfig
     from ..training.evaluation import evaluate_run
 
     out = Path(args.out) if args.out else Path(args.run) / f"eval-{Path(args.data).resolve().name}"
@@ -75,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
             worst=args.worst,
             metric=args.metric,
             progress=True,
-            instance_config=InstanceConfig(method=args.instance_method) if args.instances else None,
+            instances=args.instances,
+            instance_method=args.instance_method,
             noise=args.noise,
             generation=dict(n=args.n, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
                             seed=args.seed, segmenter=args.segmenter),

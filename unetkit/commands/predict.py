@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import glob
 import json
 import sys
@@ -26,10 +25,9 @@ from ..instances import (
     INSTANCE_METHODS,
     CocoCollection,
     InstanceConfig,
-    default_instance_method,
+    instance_config_for,
     instances_from_membranes,
     instances_from_probabilities,
-    membrane_config,
     object_table,
     save_instance_labels,
     write_object_table,
@@ -158,18 +156,8 @@ def run_membrane_class(run: str) -> Optional[int]:
     return json.loads(config.read_text()).get("data", {}).get("membrane_class")
 
 
-def instance_config(args: argparse.Namespace, classes: ClassInfo, target: str,
-                    membrane_class: Optional[int] = None) -> InstanceConfig:
-    """The instance route for this run: its target's route (three-class, flows), the membrane route for
-    membrane data, the distance-transform watershed otherwise; ``--instance-method`` overrides."""
-    method = args.instance_method or default_instance_method(target, classes.names, membrane_class)
-    if method == "membrane":
-        return dataclasses.replace(membrane_config(membrane_class or 0), min_size=args.min_size)
-    return InstanceConfig(method=method, min_size=args.min_size, min_distance=args.min_distance)
-
-
 def write_objects(out_dir: Path, stem: str, result, config: InstanceConfig, classes: ClassInfo,
-                  mask: Path) -> np.ndarray:
+                  mask: Path, target: str) -> np.ndarray:
     """Write ``<stem>_instances.tif`` and ``<stem>_objects.csv``; return the label image.
 
     The membrane route also draws its watershed lines into the ``mask`` as membrane, so that the
@@ -180,7 +168,7 @@ def write_objects(out_dir: Path, stem: str, result, config: InstanceConfig, clas
             result.labels[lines] = config.membrane_class
             classes.save_mask(mask, result.labels)
     else:
-        labels = instances_from_probabilities(result.probabilities, config)
+        labels = instances_from_probabilities(result.probabilities, config, target)
     save_instance_labels(out_dir / f"{stem}_instances.tif", labels)
     write_object_table(out_dir / f"{stem}_objects.csv", object_table(labels, result.image))
     return labels
@@ -213,7 +201,10 @@ def run(args: argparse.Namespace) -> int:
     done = skipped = 0
     objects_config = None
     if args.instances:
-        objects_config = instance_config(args, classes, predictor.target, run_membrane_class(args.run))
+        objects_config = instance_config_for(
+            predictor.target, classes.names, run_membrane_class(args.run), args.instance_method,
+            min_size=args.min_size, min_distance=args.min_distance,
+        )
     coco = CocoCollection()
 
     def report(message: str) -> None:
@@ -250,7 +241,9 @@ def run(args: argparse.Namespace) -> int:
                 report(f"note: {src} is streamed (too big for memory); no overlay or objects written")
             result = predictor.predict_file(src, mask, probabilities=prob, channels=args.channels)
             if objects is not None:
-                instances = write_objects(out_dir, stem, result, objects_config, classes, mask)
+                instances = write_objects(
+                    out_dir, stem, result, objects_config, classes, mask, predictor.target
+                )
                 add_2d_objects(coco, src.name, instances)
                 report(f"{src}: {int(instances.max())} objects")
             if over is not None:

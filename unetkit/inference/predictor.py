@@ -170,7 +170,13 @@ class Predictor:
         if classes_path.is_file() and kwargs.get("classes") is None:
             from ..data.classes import ClassInfo
 
-            kwargs["classes"] = ClassInfo.from_dict(_read_json(classes_path))
+            try:
+                kwargs["classes"] = ClassInfo.from_dict(_read_json(classes_path))
+            except (KeyError, TypeError) as exc:
+                raise ValueError(
+                    f"{classes_path} is not a class list of `unetkit train` ({type(exc).__name__}: {exc}); "
+                    "copy it again from the RUN folder it came from"
+                ) from exc
         data = config.get("data", {})
         if kwargs.get("normalize") is None and data.get("normalize") is not None:
             from ..data.normalize import NormalizeConfig

@@ -1,8 +1,8 @@
 """Objects in a prediction, for the server's JSON: area, box and centroid of each object.
 
-Binary models separate touching objects with the distance-transform watershed, models trained on
-the 3-class target with their interior/border route (both from :mod:`unetkit.instances`); other
-multi-class models count the connected components of each class.
+Binary, 3-class and flows models separate touching objects by their run's own route
+(:func:`unetkit.instances.instances_from_probabilities`); other multi-class models count the
+connected components of each class.
 """
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ from skimage.measure import regionprops
 
 from ..data.classes import ClassInfo
 from ..data.instances import label_objects
-from ..instances import InstanceConfig, instances_from_foreground, instances_from_three_class
+from ..instances import default_instance_method, instance_config_for, instances_from_probabilities
 
 
 def object_labels(probabilities: np.ndarray, labels: np.ndarray, classes: ClassInfo,
                   threshold: float, target: str = "semantic") -> np.ndarray:
     """Instance labels ``(H, W)`` from per-class probabilities ``(K, H, W)`` and class ids ``(H, W)``
     (``target``: the run's ``data.target``)."""
-    if target == "three_class" or list(classes.names) == list(ClassInfo.three_class().names):
-        return instances_from_three_class(probabilities, InstanceConfig(method="three_class"))
-    if probabilities.shape[0] == 2:
-        return instances_from_foreground(probabilities[1], InstanceConfig(threshold=threshold))
+    method = default_instance_method(target, classes.names)
+    if method != "watershed" or probabilities.shape[0] == 2:
+        config = instance_config_for(target, classes.names, method=method, threshold=threshold)
+        return instances_from_probabilities(probabilities, config, target)
     instances = np.zeros(labels.shape, dtype=np.int64)
     for class_id in range(1, classes.num_classes):
         found = label_objects(labels == class_id)

@@ -31,7 +31,7 @@ from ..data.generation import (
     load_generation_item,
     to_unit_range,
 )
-from ..data.io import DataError
+from ..data.io import DataError, failure_message
 from ..data.pairs import read_checked_image
 from ..restoration_metrics import psnr
 
@@ -114,13 +114,19 @@ def _evaluate_whole_images(
     data = GenerationTask().prepare_data(config)
     size = diffusion.image_size
     g = config.generation
+    failed: list[str] = []
     if _same_folder(config.data.train, data_dir) or _same_folder(config.data.val, data_dir):
         held_out = data.val
     else:
         items, classes = find_generation_images(data_dir)
         if classes and classes != (g.classes or []):
             raise DataError(f"{data_dir} has classes {classes}; the run was trained on {g.classes}")
-        held_out = [load_generation_item(GenerationItem(i.image, i.label), g.intensity) for i in items]
+        held_out = []
+        for i in items:
+            try:
+                held_out.append(load_generation_item(GenerationItem(i.image, i.label), g.intensity))
+            except Exception as exc:  # noqa: BLE001 - one broken image must not stop the evaluation
+                failed.append(failure_message(i.image, exc))
     if len(held_out) < 2:
         raise DataError(f"{data_dir}: at least 2 held-out images are needed to compare samples with")
     real_train, real_held = _stack(data.train, size), _stack(held_out, size)
@@ -139,11 +145,11 @@ def _evaluate_whole_images(
     ).to_dict()
     save_grid(out / "samples.png", _by_class(samples, labels), 8)
     save_grid(out / "real.png", _by_class(real_held, held_labels), 8)
-    return {
+    return _with_failures({
         "task": "generation", "condition": diffusion.condition, **scores,
         "n_held_out": len(held_out), "n_train": len(data.train),
         "sampling_seconds": seconds, "seconds_per_sample": seconds / count,
-    }
+    }, failed)
 
 
 def _by_class(images: torch.Tensor, labels: Optional[torch.Tensor], per_class: int = 8) -> list[np.ndarray]:
@@ -177,15 +183,21 @@ def _evaluate_super_resolution(
     pairs = find_image_pairs(data_dir)
     if has_pairs(data_dir):
         check_image_pairs(pairs, scale, same_channels=False)
-    rows, seconds = [], 0.0
+    rows, failed, seconds = [], [], 0.0
     intensity = diffusion.generation.intensity
     for pair in _progress(pairs, progress):
-        hr = modcrop(read_checked_image(pair.target or pair.image), scale).astype(np.float32)
-        hr_y, ycc = _luminance(hr, diffusion.channels)
-        if hr_y.shape[0] != diffusion.channels:
-            raise DataError(f"{pair.image}: {hr.shape[0]} channels; the run generates {diffusion.channels}")
-        low = (_luminance(read_checked_image(pair.image).astype(np.float32), diffusion.channels)[0]
-               if pair.target is not None else downscale(hr_y, scale))
+        try:
+            hr = modcrop(read_checked_image(pair.target or pair.image), scale).astype(np.float32)
+            hr_y, ycc = _luminance(hr, diffusion.channels)
+            if hr_y.shape[0] != diffusion.channels:
+                raise DataError(
+                    f"{pair.image}: {hr.shape[0]} channels; the run generates {diffusion.channels}"
+                )
+            low = (_luminance(read_checked_image(pair.image).astype(np.float32), diffusion.channels)[0]
+                   if pair.target is not None else downscale(hr_y, scale))
+        except Exception as exc:  # noqa: BLE001 - one broken pair must not stop the evaluation
+            failed.append(failure_message(pair.target or pair.image, exc))
+            continue
         condition = torch.from_numpy(upscale(to_unit_range(low, intensity), scale))[None]
         started = time.perf_counter()
         result = diffusion.sample(1, condition=condition, seed=seed, **options)[0].numpy()
@@ -208,13 +220,14 @@ def _evaluate_super_resolution(
         else:
             save_restored(out / "samples" / f"{pair.name}.tif", sr.astype(np.float32))
         save_picture(out / "crops" / f"{pair.name}.png", crop_panels(picture, data_range))
+    _refuse_if_nothing_scored(data_dir, rows, failed)
     write_csv(out / "per_image.csv", rows)
     mean = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "psnr_bicubic", "consistency_psnr")}
-    return {
+    return _with_failures({
         "task": "generation", "condition": "low_res", "scale": scale, "num_images": len(rows), **mean,
         "scored_on": "the luminance (Y, BT.601) of colour images, a border of the scale cropped",
         "sampling_seconds": seconds, "seconds_per_image": seconds / max(len(rows), 1), "per_image": rows,
-    }
+    }, failed)
 
 
 # ----------------------------------------------------------------------------- mask-to-image
@@ -231,9 +244,14 @@ def _evaluate_mask(
 
     classes = run.classes
     predictor = Predictor.from_run(segmenter) if segmenter else None
-    rows, seconds = [], 0.0
+    rows, failed, seconds = [], [], 0.0
     for sample in _progress(find_samples(data_dir), progress):
-        labels = load_labels(sample, classes)
+        try:
+            labels = load_labels(sample, classes)
+            real = read_checked_image(sample.image) if predictor is not None else None
+        except Exception as exc:  # noqa: BLE001 - one broken pair must not stop the evaluation
+            failed.append(failure_message(sample.mask, exc))
+            continue
         started = time.perf_counter()
         condition = diffusion.condition_from_labels(labels)
         generated = diffusion.sample(1, condition=condition, seed=seed, **options)
@@ -243,10 +261,10 @@ def _evaluate_mask(
         save_restored(out / "samples" / f"{sample.name}{suffix}", image)
         row: dict[str, Any] = {"image": sample.name}
         if predictor is not None:
-            real = read_checked_image(sample.image)
             row["dice_generated"] = _dice(predictor.predict(image), labels)
             row["dice_real"] = _dice(predictor.predict(real), labels)
         rows.append(row)
+    _refuse_if_nothing_scored(data_dir, rows, failed)
     write_csv(out / "per_image.csv", rows)
     summary: dict[str, Any] = {
         "task": "generation", "condition": "mask", "num_images": len(rows), "segmenter": str(segmenter),
@@ -255,7 +273,18 @@ def _evaluate_mask(
     if predictor is not None:
         summary["dice_generated"] = float(np.mean([r["dice_generated"] for r in rows]))
         summary["dice_real"] = float(np.mean([r["dice_real"] for r in rows]))
-    return summary
+    return _with_failures(summary, failed)
+
+
+def _refuse_if_nothing_scored(data_dir: PathLike, rows: list, failed: list[str]) -> None:
+    if not rows:
+        reasons = "\n  - ".join(failed or ["(none found)"])
+        raise DataError(f"{data_dir}: no image could be scored:\n  - {reasons}")
+
+
+def _with_failures(summary: dict[str, Any], failed: list[str]) -> dict[str, Any]:
+    """``summary`` with the files that could not be scored under ``failed`` (the command exits 1)."""
+    return {**summary, "failed": failed} if failed else summary
 
 
 def _dice(prediction: np.ndarray, labels: np.ndarray) -> float:

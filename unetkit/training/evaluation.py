@@ -126,7 +126,7 @@ def score_images(
             metrics.update(route_metrics)
         if instance_config is not None and true_instances:
             if found is None:
-                found = instances_from_probabilities(probs, instance_config)
+                found = instances_from_probabilities(probs, instance_config, target)
             metrics.update(instance_scores(true_instances[0], found).to_dict())
         scored.append(Scored(name, image, truth, pred, metrics, sweep, pixel_sweep, route_pixels))
     return scored
@@ -254,7 +254,8 @@ def evaluate_run(
     worst: int = 4,
     metric: Optional[str] = None,
     progress: bool = False,
-    instance_config: Any = None,
+    instances: bool = False,
+    instance_method: Optional[str] = None,
     noise: Optional[str] = None,
     generation: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
@@ -270,13 +271,15 @@ def evaluate_run(
 
     With ``save_masks`` the predicted masks go to ``out_dir/masks/`` in the encoding of the
     training masks (0/255, palette, RGB...), one per image, named like the image. With
-    ``instance_config`` objects are scored too, against the dataset's ``instances/`` (or the
-    connected components of the masks when it has none).
+    ``instances`` objects are scored too, against the dataset's ``instances/`` (or the connected
+    components of the masks when it has none), by ``instance_method`` or the run's own route
+    (:func:`~unetkit.instances.default_instance_method`). A run on membrane data always reports its
+    membrane route's scores.
     """
     from ..data.io import DataError, failure_message
     from ..data.samples import load_instances, load_sample, scan_dataset
     from ..inference import Predictor
-    from ..instances import membrane_config
+    from ..instances import instance_config_for
     from .run import Run
 
     run = Run.load(run_dir)
@@ -294,8 +297,11 @@ def evaluate_run(
         )
     samples, failed = scan_dataset(data_dir)
     cfg = run.config.data
-    if cfg.membrane_class is not None and (instance_config is None or instance_config.method == "membrane"):
-        instance_config = membrane_config(cfg.membrane_class)
+    membrane_scores = cfg.membrane_class is not None and instance_method in (None, "membrane")
+    instance_config = (
+        instance_config_for(cfg.target, run.classes.names, cfg.membrane_class, instance_method)
+        if instances or membrane_scores else None
+    )
     predictor = Predictor(
         run.model, classes=run.classes, tta=tta, object_diameter=cfg.object_diameter, target=cfg.target
     )

@@ -16,7 +16,7 @@ from ..data.instances import touching_pixels
 from ..data.scale import equivalent_diameters
 
 #: The target for crowded objects: on the synthetic crowded cells (BENCHMARKS.md, issue 15) the flows
-#: target beat the three-class target on every object score for the same training time.
+#: target beat the three-class target on every object score for the same number of training steps.
 CROWDED_TARGET = "flows"
 #: Objects are crowded when, in the median image, at least this fraction of them touch another.
 CROWDED_TOUCHING = 0.2
