@@ -1,12 +1,13 @@
 """Instance segmentation: route 1 (foreground + watershed, or connected components), route 2 (3-class
-target), route 3 (flows target) and the classical baseline (Otsu + distance watershed), scored with the
-object-level metrics.
+target), route 3 (flows target), route 4 (distance target) and the classical baseline (Otsu + distance
+watershed), scored with the object-level metrics.
 
 Run by hand (heavy: trains three or four networks, each exactly as a user would, with the default plan):
 
     unetkit train TRAIN --val VAL --out route1 --max-minutes M --target semantic        # route 1
     unetkit train TRAIN --val VAL --out route2 --max-minutes M --target three-class     # route 2
     unetkit train TRAIN --val VAL --out route3 --max-minutes M --target flows           # route 3
+    unetkit train TRAIN --val VAL --out route4 --max-minutes M --target distance        # route 4
 
     flock /tmp/unetkit-heavy.lock python benchmarks/bench_instances.py dsb2018 --minutes 20
     flock /tmp/unetkit-heavy.lock python benchmarks/bench_instances.py synthetic --minutes 3
@@ -51,6 +52,7 @@ ROUTE_FLAGS = {
     "weighted": ["--target", "semantic", "--loss.name", "weighted_ce", "--data.weight-map", "true"],
     "three_class": ["--target", "three-class"],
     "flows": ["--target", "flows"],
+    "distance": ["--target", "distance"],
 }
 
 
@@ -102,7 +104,8 @@ def predictor_route(run_dir: Path, config: InstanceConfig) -> Callable[[np.ndarr
     from unetkit.inference import Predictor
 
     predictor = Predictor.from_run(run_dir)
-    return lambda image: instances_from_probabilities(predictor.predict_proba(image), config)
+    target = predictor.target
+    return lambda image: instances_from_probabilities(predictor.predict_proba(image), config, target)
 
 
 def classical(config: InstanceConfig) -> Callable[[np.ndarray], np.ndarray]:
@@ -118,7 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--steps", type=int, help="train each network for this many steps of batch 4 instead "
                         "of --minutes (equal budgets on a machine that other jobs share)")
     parser.add_argument("--routes", nargs="+", help="only these routes (run folder names: route1, "
-                        "route1_weighted, route2, route3)")
+                        "route1_weighted, route2, route3, route4)")
     parser.add_argument("--threads", type=int, help="torch threads per training (runs sharing the machine)")
     args = parser.parse_args(argv)
     budget = budget_flags(args.minutes, args.steps)
@@ -127,7 +130,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     # (run folder, row name, ROUTE_FLAGS key, instance method)
     routes = [("route1", "route 1: foreground + watershed", "semantic", "watershed"),
               ("route2", "route 2: 3-class (interior/border)", "three_class", "three_class"),
-              ("route3", "route 3: flows (towards each object's centre)", "flows", "flows")]
+              ("route3", "route 3: flows (towards each object's centre)", "flows", "flows"),
+              ("route4", "route 4: distance to the outline + watershed", "distance", "distance")]
     if args.dataset == "dsb2018":
         train_dir, val_dir = split_dsb(work / "split")
         done = {"route1": work / "run"}  # bench_train_datasets.py --dataset dsb2018: the same command
@@ -146,7 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     results = {"classical (Otsu + distance watershed)": score(val_samples, classical(instance_config))}
     components = InstanceConfig(method="components")
     for key, name, kind, method in routes:
-        run_dir = done.get(key, work / key)
+        run_dir = done[key] if finished(done.get(key, work / key)) else work / key
         if finished(run_dir):
             print(f"{name}: using the finished run {run_dir}", flush=True)
         else:

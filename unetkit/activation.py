@@ -1,8 +1,9 @@
 """The one place that turns logits into probabilities and labels (used by losses and predictors).
 
 One output channel means a binary problem with a sigmoid; two or more mean a per-pixel
-softmax over the classes. A flows network (``data.target = "flows"``, :mod:`unetkit.flows`) has
-``1 + D`` output channels: a foreground logit and the ``D`` flow components, times :data:`FLOW_SCALE`.
+softmax over the classes. A flows or distance network (``data.target`` in
+:data:`unetkit.data.instances.MAP_TARGETS`) has a foreground logit and regression maps times
+:data:`MAP_SCALE`: the ``D`` flow components (:mod:`unetkit.flows`) or one distance map.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-#: A flows network predicts the unit flow field times this (Cellpose's scaling: the flows then weigh
-#: about as much as the foreground in the loss).
-FLOW_SCALE = 5.0
+#: A flows or distance network predicts its maps (unit flow vectors, distances in 0-1) times this
+#: (Cellpose's scaling of the flows: they then weigh about as much as the foreground in the loss).
+MAP_SCALE = 5.0
 
 
 def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -25,11 +26,12 @@ def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, dim=1)
 
 
-def flow_outputs(logits: torch.Tensor) -> torch.Tensor:
-    """A flows network's ``(N, 1 + D, *S)`` logits -> ``(N, 2 + D, *S)``: the background and foreground
-    probabilities (a sigmoid of channel 0), then the flows in pixels per step (``/ FLOW_SCALE``)."""
+def foreground_and_maps(logits: torch.Tensor) -> torch.Tensor:
+    """A flows or distance network's ``(N, 1 + M, *S)`` logits -> ``(N, 2 + M, *S)``: the background and
+    foreground probabilities (a sigmoid of channel 0), then the maps (flows in pixels per step, or
+    distances) on their own scale (``/ MAP_SCALE``)."""
     foreground = torch.sigmoid(logits[:, :1])
-    return torch.cat([1.0 - foreground, foreground, logits[:, 1:] / FLOW_SCALE], dim=1)
+    return torch.cat([1.0 - foreground, foreground, logits[:, 1:] / MAP_SCALE], dim=1)
 
 
 def probabilities_to_labels(probabilities: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:

@@ -54,7 +54,9 @@ class DataConfig:
     square (cubic) training patch given to the network. ``patches_per_epoch``: ``None`` covers
     the training pixels about once per epoch. ``weight_map``: compute the paper's border weight
     map (``w0``, ``sigma``) for ``loss.name = "weighted_ce"``. ``target``: ``"semantic"`` (the
-    mask's classes) or ``"three_class"`` (background / interior / border from instance labels).
+    mask's classes), ``"three_class"`` (background / interior / border from instance labels),
+    ``"flows"`` or ``"distance"`` (the foreground and a flow field or a distance map from instance
+    labels, :data:`unetkit.data.instances.TARGETS`).
     ``object_diameter``: train and predict with every image resized so that its objects' median
     diameter is this many pixels (for data whose object sizes vary; ``None`` = each image at its
     own scale; see :mod:`unetkit.data.scale`). ``membrane_class``: the class that outlines the

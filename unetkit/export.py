@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .activation import FLOW_SCALE
+from .activation import MAP_SCALE
 from .checkpoint import ModelLoadError
 from .models import ModelConfig, build_model, model_config_from_dict
 from .models.sizes import SizeRules
@@ -127,8 +127,9 @@ def build_contract(
         normalize: the ``NormalizeConfig`` of the training data, or ``None`` (inputs already normalised).
         object_diameter: the object scale the network was trained at (``data.object_diameter``), or ``None``.
         target: ``data.target``: ``"semantic"``, ``"three_class"`` (outputs background / interior /
-            border; interior and border are the foreground class of ``classes``) or ``"flows"`` (a
-            foreground logit, then the flow field towards each object's centre, see :mod:`unetkit.flows`).
+            border; interior and border are the foreground class of ``classes``), ``"flows"`` (a
+            foreground logit, then the flow field towards each object's centre, see :mod:`unetkit.flows`)
+            or ``"distance"`` (a foreground logit, then the distance to the object's outline, 0-1).
         task: ``"segmentation"`` (the output is logits) or ``"restoration"`` (the output is an image
             ``(N, C, *S_out)`` on the normalised scale, see :func:`restoration_output`).
         scale: restoration: output pixels per input pixel along each axis (super-resolution, 2D only).
@@ -150,7 +151,16 @@ def build_contract(
             "shape": f"(N, {config.num_classes}, {spatial})",
             "kind": "logits and flows",
             "activation": f"channel 0: sigmoid (foreground); channels 1-{config.dims}: the flow components "
-            f"along ({spatial}) times {FLOW_SCALE:g}, no activation",
+            f"along ({spatial}) times {MAP_SCALE:g}, no activation",
+            "labels": "foreground where sigmoid(channel 0) > 0.5",
+        }
+    elif target == "distance":
+        output = {
+            "name": OUTPUT_NAME,
+            "shape": f"(N, 2, {spatial})",
+            "kind": "logits and distance",
+            "activation": "channel 0: sigmoid (foreground); channel 1: the distance to the object's outline "
+            f"divided by the object's largest (0-1) times {MAP_SCALE:g}, no activation",
             "labels": "foreground where sigmoid(channel 0) > 0.5",
         }
     else:

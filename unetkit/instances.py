@@ -1,6 +1,6 @@
 """From pixels to objects: separate touching objects, measure them, export them.
 
-Four routes turn a network's output into an instance label image (0 = background, 1..N objects),
+Five routes turn a network's output into an instance label image (0 = background, 1..N objects),
 all behind :func:`instances_from_probabilities`; :func:`default_instance_method` picks a run's own:
 
 1. semantic foreground probabilities -> :func:`instances_from_foreground`: a seeded watershed on the
@@ -12,7 +12,9 @@ all behind :func:`instances_from_probabilities`; :func:`default_instance_method`
    :func:`instances_from_membranes`: a watershed of the boundary probability from confident cell
    seeds, weak shared lines merged (``method="membrane"``);
 4. the flows target -> :func:`unetkit.flows.instances_from_flows`: pixels follow the predicted
-   flow field to the centre of their object (``method="flows"``).
+   flow field to the centre of their object (``method="flows"``);
+5. the distance target -> :func:`instances_from_distance`: a watershed of the predicted distance to
+   the outline from the objects' cores (``method="distance"``).
 
 :func:`otsu_watershed` is the classical baseline without learning. :func:`object_table` measures
 the objects (2D and 3D) and :func:`coco_dataset` writes bounding boxes and RLE masks as COCO JSON.
@@ -36,9 +38,10 @@ from skimage.measure import regionprops
 from skimage.segmentation import watershed
 
 from .data.classes import ClassInfo
+from .data.instances import MAP_TARGETS, map_channels
 from .utils.atomic import atomic_path, atomic_write_json, atomic_write_text
 
-INSTANCE_METHODS = ("watershed", "components", "three_class", "membrane", "flows")
+INSTANCE_METHODS = ("watershed", "components", "three_class", "membrane", "flows", "distance")
 
 
 @dataclass
@@ -62,6 +65,9 @@ class InstanceConfig:
     watershed lines between cells; with ``merge_threshold`` two neighbouring cells whose shared
     line has a mean boundary probability below it become one. ``membrane_class``: the class id of
     the boundary (0 in ISBI 2012, whose masks are white cells on black membranes).
+
+    The distance route (``method="distance"``) seeds one object per connected core where the
+    predicted distance to the outline (0-1 of the object's largest) exceeds ``distance_seed``.
     """
 
     method: str = "watershed"
@@ -73,6 +79,7 @@ class InstanceConfig:
     flow_threshold: Optional[float] = None
     seed_threshold: float = 0.95
     merge_threshold: Optional[float] = None
+    distance_seed: float = 0.5
     membrane_class: int = 0
 
     def __post_init__(self) -> None:
@@ -130,6 +137,38 @@ def instances_from_foreground(
     else:
         labels = split_touching(mask, config.min_distance, config.smoothing)
     return _relabel(labels, config.min_size)
+
+
+def instances_from_distance(
+    foreground_probability: np.ndarray, distance: np.ndarray, config: Optional[InstanceConfig] = None
+) -> np.ndarray:
+    """The distance route: foreground probabilities ``(*S)`` and the predicted distance to the outline
+    ``(*S)`` (0-1, 1 at each object's centre; :func:`unetkit.data.instances.distance_from_instances`)
+    -> labels ``(*S)`` uint32.
+
+    Seeds are the connected cores where the distance exceeds ``config.distance_seed`` (cores under
+    ``config.min_size`` / 4 pixels are dropped as noise); each floods its basin of ``-distance`` inside the
+    foreground (``config.threshold``, holes filled with ``fill_holes``). Foreground regions without a
+    core stay one object each.
+    """
+    config = config or InstanceConfig(method="distance")
+    if distance.shape != foreground_probability.shape:
+        raise ValueError(
+            f"distance {distance.shape} does not match foreground probabilities "
+            f"{foreground_probability.shape}"
+        )
+    mask = foreground_probability > config.threshold
+    if config.fill_holes:
+        mask = ndi.binary_fill_holes(mask)
+    if config.smoothing > 0:
+        distance = ndi.gaussian_filter(distance.astype(np.float32), config.smoothing)
+    seeds, _ = ndi.label((distance > config.distance_seed) & mask)
+    seeds = _relabel(seeds, max(1, config.min_size // 4)).astype(np.int64)
+    components, _ = ndi.label(mask)
+    unseeded = np.setdiff1d(np.unique(components[mask]), np.unique(components[seeds > 0]))
+    for offset, component in enumerate(unseeded, start=int(seeds.max(initial=0)) + 1):
+        seeds[components == component] = offset
+    return _relabel(watershed(-distance, seeds, mask=mask), config.min_size)
 
 
 def instances_from_three_class(
@@ -229,23 +268,28 @@ def instances_from_probabilities(
 
     The one dispatch over the routes, used by ``predict``, ``evaluate`` and the server. A run trained
     with ``target="flows"`` gives ``(2 + D, *S)``: background, foreground, then one flow component
-    per spatial axis; its foreground alone feeds the other routes.
+    per spatial axis; with ``target="distance"`` ``(3, *S)``: background, foreground, distance. Their
+    foreground alone feeds the other routes.
     """
     if config.method == "three_class":
         return instances_from_three_class(probabilities, config)
     if config.method == "membrane":
         return instances_from_membranes(probabilities, config)[0]
-    if config.method == "flows":
-        if target != "flows" or probabilities.shape[0] != 2 + probabilities.ndim - 1:
+    if config.method in MAP_TARGETS:
+        maps = map_channels(config.method, probabilities.ndim - 1)
+        if target != config.method or probabilities.shape[0] != 2 + maps:
+            what = "one flow component per axis" if config.method == "flows" else "the distance"
             raise ValueError(
-                f"the flows route needs a flows network's outputs (background, foreground, one flow "
-                f"component per axis), got shape {probabilities.shape} from a {target!r} run; "
-                "train with --target flows"
+                f"the {config.method} route needs a {config.method} network's outputs (background, "
+                f"foreground, {what}), got shape {probabilities.shape} from a {target!r} run; "
+                f"train with --target {config.method}"
             )
+        if config.method == "distance":
+            return instances_from_distance(probabilities[1], probabilities[2], config)
         from .flows import instances_from_flows
 
         return instances_from_flows(probabilities[1], probabilities[2:], config)
-    if target == "flows":
+    if target in MAP_TARGETS:
         probabilities = probabilities[:2]
     if probabilities.shape[0] != 2:
         raise ValueError(
@@ -270,8 +314,8 @@ def default_instance_method(
     membrane data, ``data.membrane_class``."""
     if membrane_class is not None and target == "semantic":
         return "membrane"
-    if target == "flows":
-        return "flows"
+    if target in MAP_TARGETS:
+        return target
     if target == "three_class" or list(class_names) == list(ClassInfo.three_class().names):
         return "three_class"
     return "watershed"

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .activation import FLOW_SCALE, logits_to_probabilities
+from .activation import MAP_SCALE, logits_to_probabilities
 
 LOSSES = ("ce", "bce", "dice", "ce_dice", "weighted_ce")
 
@@ -191,11 +191,11 @@ class SegmentationLoss(nn.Module):
         return total
 
 
-class FlowLoss(nn.Module):
-    """The flows target's loss (:mod:`unetkit.flows`), Cellpose's: the :class:`SegmentationLoss` of
-    ``config`` on the foreground logit (channel 0, a binary problem: BCE, + Dice with ``ce_dice``) plus
-    half the mean squared error between the flow channels and ``FLOW_SCALE`` times the true flows,
-    over the scored pixels."""
+class ForegroundMapLoss(nn.Module):
+    """The loss of the flows and distance targets (Cellpose's for the flows): the
+    :class:`SegmentationLoss` of ``config`` on the foreground logit (channel 0, a binary problem: BCE,
+    + Dice with ``ce_dice``) plus half the mean squared error between the map channels and
+    ``MAP_SCALE`` times the true maps (flow components or distances), over the scored pixels."""
 
     def __init__(self, config: LossConfig, ignore_index: Optional[int] = None) -> None:
         super().__init__()
@@ -203,18 +203,18 @@ class FlowLoss(nn.Module):
         self.ignore_index = ignore_index
 
     def forward(
-        self, logits: torch.Tensor, target: torch.Tensor, flows: torch.Tensor,
+        self, logits: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
         weight_map: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """``(N, 1 + D, *S)`` logits, ``(N, *S)`` int64 foreground target, ``(N, D, *S)`` true flows,
+        """``(N, 1 + M, *S)`` logits, ``(N, *S)`` int64 foreground target, ``(N, M, *S)`` true maps,
         optional ``(N, *S)`` weights -> scalar."""
-        if flows.shape[1:] != (logits.shape[1] - 1, *logits.shape[2:]) or flows.shape[0] != logits.shape[0]:
+        if maps.shape[1:] != (logits.shape[1] - 1, *logits.shape[2:]) or maps.shape[0] != logits.shape[0]:
             raise ValueError(
-                f"logits (N, 1 + D, *S) and flows (N, D, *S) do not match: {tuple(logits.shape)} vs "
-                f"{tuple(flows.shape)}"
+                f"logits (N, 1 + M, *S) and maps (N, M, *S) do not match: {tuple(logits.shape)} vs "
+                f"{tuple(maps.shape)}"
             )
         foreground = self.foreground(logits[:, :1], target, weight_map)
         valid = _valid_mask(target, self.ignore_index).unsqueeze(1).to(logits.dtype)
-        squared = (logits[:, 1:] - FLOW_SCALE * flows.to(logits.dtype)).square() * valid
-        count = (valid.sum() * flows.shape[1]).clamp_min(1)
+        squared = (logits[:, 1:] - MAP_SCALE * maps.to(logits.dtype)).square() * valid
+        count = (valid.sum() * maps.shape[1]).clamp_min(1)
         return foreground + 0.5 * squared.sum() / count

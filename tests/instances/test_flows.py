@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from unetkit.activation import FLOW_SCALE, flow_outputs
+from unetkit.activation import MAP_SCALE, foreground_and_maps
 from unetkit.data.classes import ClassInfo
 from unetkit.data.flows import flows_from_instances, object_centres
 from unetkit.data.normalize import NormalizeConfig
@@ -18,7 +18,7 @@ from unetkit.flows import flow_errors, follow_flows, instances_from_flows
 from unetkit.inference.tta import symmetries
 from unetkit.instance_metrics import instance_scores
 from unetkit.instances import InstanceConfig, default_instance_method, instances_from_probabilities
-from unetkit.losses import FlowLoss, LossConfig
+from unetkit.losses import ForegroundMapLoss, LossConfig
 
 FLOWS = InstanceConfig(method="flows")
 
@@ -132,19 +132,19 @@ def test_the_dispatch_routes_a_flows_network_and_refuses_others():
 
 def test_flows_head_activation_and_loss():
     logits = torch.randn(1, 3, 16, 16, requires_grad=True)
-    out = flow_outputs(logits)
+    out = foreground_and_maps(logits)
     assert out.shape == (1, 4, 16, 16)
     assert torch.allclose(out[:, :2].sum(dim=1), torch.ones(1, 16, 16))
-    assert torch.allclose(out[:, 2:], logits[:, 1:] / FLOW_SCALE)
+    assert torch.allclose(out[:, 2:], logits[:, 1:] / MAP_SCALE)
 
     labels = two_touching((16, 16), ((8, 4), (8, 11)), 4)
     flows = torch.from_numpy(flows_from_instances(labels))[None]
     mask = torch.from_numpy(labels > 0).long()[None]
-    loss = FlowLoss(LossConfig(name="ce_dice"))
-    perfect = torch.cat([(mask[:, None].float() * 2 - 1) * 20, FLOW_SCALE * flows], dim=1)
+    loss = ForegroundMapLoss(LossConfig(name="ce_dice"))
+    perfect = torch.cat([(mask[:, None].float() * 2 - 1) * 20, MAP_SCALE * flows], dim=1)
     wrong = torch.cat([perfect[:, :1], -perfect[:, 1:]], dim=1)
     assert loss(perfect, mask, flows) < 0.05 < loss(wrong, mask, flows)
-    ignored = FlowLoss(LossConfig(name="ce"), ignore_index=9)
+    ignored = ForegroundMapLoss(LossConfig(name="ce"), ignore_index=9)
     assert ignored(wrong, torch.full_like(mask, 9), flows) == 0  # nothing scored
     loss(logits, mask, flows).backward()
     assert logits.grad is not None and torch.isfinite(logits.grad).all()
@@ -172,13 +172,13 @@ def test_patch_dataset_gives_the_flows_of_the_augmented_objects(tmp_path):
                          augment=AugmentConfig.none(), target="flows")
     item = plain[0]
     instances = plain._load(0).instances
-    assert item["flows"].shape == (2, 48, 48) and item["flows"].dtype == torch.float32
-    assert np.allclose(item["flows"].numpy(), flows_from_instances(instances))
+    assert item["maps"].shape == (2, 48, 48) and item["maps"].dtype == torch.float32
+    assert np.allclose(item["maps"].numpy(), flows_from_instances(instances))
     assert torch.equal(item["mask"], torch.from_numpy(instances > 0).long())
     turned = PatchDataset(samples, ClassInfo.binary(), patch_size=40, normalize=NormalizeConfig(),
                           augment=AugmentConfig.all_on(), target="flows", output_size=24)
     item = turned[0]
-    flows, mask = item["flows"].numpy(), item["mask"].numpy()
+    flows, mask = item["maps"].numpy(), item["mask"].numpy()
     assert flows.shape == (2, 24, 24) and mask.shape == (24, 24)
     assert np.all(flows[:, mask == 0] == 0)
     length = np.sqrt((flows**2).sum(axis=0))[mask == 1]

@@ -50,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also score objects (AP@0.5, DSB score, F1@0.5, AJI, PQ) against instances/")
     parser.add_argument("--instance-method", choices=INSTANCE_METHODS,
                         help="how objects are separated (default: the run's own route, as in predict "
-                             "--instances: three_class, flows or membrane for such runs, else watershed)")
+                             "--instances: three_class, flows, distance or membrane for such runs, else "
+                             "watershed)")
     gen = parser.add_argument_group("generation runs (diffusion)")
     gen.add_argument("--n", type=int, help="samples to score (default: as many as held-out real images)")
     gen.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")

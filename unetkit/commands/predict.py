@@ -69,7 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "one DIR/objects_coco.json for all 2D inputs")
     parser.add_argument("--instance-method", choices=INSTANCE_METHODS,
                         help="watershed (default), components, three_class (default for a run trained "
-                             "with --target three-class), flows (default for --target flows) or membrane "
+                             "with --target three-class), flows or distance (defaults for --target flows / "
+                             "distance) or membrane "
                              "(default for membrane data such as EM, see the plan)")
     parser.add_argument("--min-size", type=int, default=InstanceConfig.min_size,
                         help="drop objects smaller than this many pixels "

@@ -68,10 +68,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--target",
-        choices=("semantic", "three-class", "flows"),
+        choices=("semantic", "three-class", "flows", "distance"),
         help="what the network learns: the masks' classes (semantic), or for touching objects background / "
-        "interior / border (three-class) or the foreground and a flow field towards each object's centre "
-        "(flows); same as --data.target; default: the plan picks from how crowded the objects are",
+        "interior / border (three-class), the foreground and a flow field towards each object's centre "
+        "(flows) or the foreground and the distance to each object's outline (distance); same as "
+        "--data.target; default: the plan picks from how crowded the objects are",
     )
     parser.add_argument(
         "--task", choices=CLI_TASKS, default="segment",

@@ -5,9 +5,18 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-#: What a network is trained to output: the dataset's classes; background / interior / border; or the
-#: foreground and a flow field towards each object's centre (:mod:`unetkit.flows`).
-TARGETS = ("semantic", "three_class", "flows")
+#: What a network is trained to output: the dataset's classes; background / interior / border; the
+#: foreground and a flow field towards each object's centre (:mod:`unetkit.flows`); or the foreground
+#: and each pixel's distance to its object's outline (:func:`distance_from_instances`).
+TARGETS = ("semantic", "three_class", "flows", "distance")
+#: The targets whose network predicts a foreground logit plus regression maps (:func:`map_channels`).
+MAP_TARGETS = ("flows", "distance")
+
+
+def map_channels(target: str, dims: int) -> int:
+    """Regression maps a ``target`` network predicts besides its foreground logit: one flow component
+    per spatial axis (``flows``), one distance map (``distance``), none for the class targets."""
+    return dims if target == "flows" else 1 if target == "distance" else 0
 
 
 def label_objects(foreground: np.ndarray) -> np.ndarray:
@@ -46,12 +55,28 @@ def three_class_from_instances(instances: np.ndarray, border_width: int = 2) -> 
     return out
 
 
+def distance_from_instances(instances: np.ndarray) -> np.ndarray:
+    """Instance ids ``(*S)`` -> float32 ``(1, *S)``: each object pixel's Euclidean distance to the
+    nearest pixel outside its object (background or a touching object), divided by the largest such
+    distance in the object, so 1 at every object's centre whatever its size; 0 on the background.
+
+    Touching objects are cut apart by their contact pixels (0), so the map has one peak per object.
+    """
+    instances = np.asarray(instances)
+    inside = (instances > 0) & ~touching_pixels(instances)
+    depth = ndimage.distance_transform_edt(inside).astype(np.float32)
+    deepest = ndimage.maximum(depth, instances, index=np.arange(int(instances.max(initial=0)) + 1))
+    deepest = np.asarray(deepest, dtype=np.float32).reshape(-1)
+    scale = np.divide(1.0, deepest, out=np.zeros_like(deepest), where=deepest > 0)
+    return (depth * scale[instances])[None]
+
+
 def to_data_labels(pred: np.ndarray, target: str) -> np.ndarray:
     """A network's class ids ``(*S)`` -> the dataset's: a ``three_class`` network (background /
-    interior / border) predicts foreground (1) wherever it predicts interior or border, a ``flows``
-    network wherever its foreground wins."""
+    interior / border) predicts foreground (1) wherever it predicts interior or border, a ``flows`` or
+    ``distance`` network wherever its foreground wins."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-    if target in ("three_class", "flows"):
+    if target == "three_class" or target in MAP_TARGETS:
         return (np.asarray(pred) > 0).astype(np.int64)
     return pred

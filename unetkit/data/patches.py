@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from .classes import ClassInfo
 from .flows import flows_from_instances
-from .instances import TARGETS, three_class_from_instances
+from .instances import MAP_TARGETS, TARGETS, distance_from_instances, three_class_from_instances
 from .io import (
     DataError,
     read_image,
@@ -35,7 +35,7 @@ class _Cached:
     labels: np.ndarray  # (*S) small integer dtype
     weight: Optional[np.ndarray]  # (*S) float32
     foreground: Optional[np.ndarray]  # flat indices of foreground pixels (int64), lazily
-    instances: Optional[np.ndarray] = None  # (*S) int32 object ids, for the flows target
+    instances: Optional[np.ndarray] = None  # (*S) int32 object ids, for the flows and distance targets
 
 
 def _as_tuple(size: Union[int, Sequence[int]], dims: int, what: str) -> tuple[int, ...]:
@@ -51,14 +51,15 @@ class PatchDataset(Dataset):
     """Random (augmented) training patches from whole images.
 
     Items are dicts ``{"image": float32 (C, *P), "mask": int64 (*O), "weight": float32 (*O)}`` (``weight``
-    only with ``weight_map``; with ``target="flows"`` the mask is the foreground and ``"flows"``, float32
-    ``(D, *O)``, the flow field of the patch's objects after augmentation, see
-    :mod:`unetkit.data.flows`); ``P`` is ``patch_size`` and ``O`` is ``output_size`` (the centre of the
-    patch a valid-padding network predicts; default ``P``). Item ``i`` comes from image
-    ``i % len(samples)``; the randomness is seeded by ``(seed, epoch, i)`` (see :meth:`set_epoch`),
-    so a run is reproducible whatever the number of loader workers. Images, labels and weight maps
-    are read once and cached in memory per worker process: use ``persistent_workers=True`` so the
-    caches survive from one epoch to the next. ``object_diameter``: resize each image so that its
+    only with ``weight_map``; with ``target="flows"`` or ``"distance"`` the mask is the foreground and
+    ``"maps"``, float32 ``(M, *O)``, the regression maps of the patch's objects after augmentation: the
+    ``D`` flow components (:mod:`unetkit.data.flows`) or the normalised distance to the outline
+    (:func:`unetkit.data.instances.distance_from_instances`)); ``P`` is ``patch_size`` and ``O`` is
+    ``output_size`` (the centre of the patch a valid-padding network predicts; default ``P``). Item ``i``
+    comes from image ``i % len(samples)``; the randomness is seeded by ``(seed, epoch, i)`` (see
+    :meth:`set_epoch`), so a run is reproducible whatever the number of loader workers. Images, labels and
+    weight maps are read once and cached in memory per worker process: use ``persistent_workers=True`` so
+    the caches survive from one epoch to the next. ``object_diameter``: resize each image so that its
     objects' median diameter is this many pixels (:mod:`unetkit.data.scale`).
     """
 
@@ -167,7 +168,7 @@ class PatchDataset(Dataset):
         fits16 = labels.min(initial=0) >= -(1 << 15) and labels.max(initial=0) < 1 << 15
         small = np.int16 if fits16 else np.int32
         cached = _Cached(image, offset, scale, labels.astype(small), weight, None,
-                         instances.astype(np.int32) if self.target == "flows" else None)
+                         instances.astype(np.int32) if self.target in MAP_TARGETS else None)
         self._cache[index] = cached
         return cached
 
@@ -206,7 +207,8 @@ class PatchDataset(Dataset):
             "mask": torch.from_numpy(labels[0].astype(np.int64)),
         }
         if cached.instances is not None:
-            item["flows"] = torch.from_numpy(flows_from_instances(labels[1]))
+            maps = flows_from_instances if self.target == "flows" else distance_from_instances
+            item["maps"] = torch.from_numpy(maps(labels[1]))
         if weights:
             item["weight"] = torch.from_numpy(np.ascontiguousarray(weights[0], dtype=np.float32))
         return item

@@ -12,13 +12,13 @@ from torch import nn
 
 from ..activation import (
     expand_binary,
-    flow_outputs,
+    foreground_and_maps,
     logits_to_probabilities,
     num_output_classes,
     probabilities_to_labels,
 )
 from ..checkpoint import load_model
-from ..data.instances import TARGETS, to_data_labels
+from ..data.instances import MAP_TARGETS, TARGETS, map_channels, to_data_labels
 from .memory import auto_tile_and_batch
 from .tiling import BLEND_MODES, ArraySource, RegionSource, blend_tiles, blend_window, plan_tiles
 from .tta import symmetries
@@ -65,9 +65,10 @@ class Predictor:
             ``None``: no limit.
         target: what the network was trained to output (``data.target``): ``"semantic"`` (the
             classes of ``classes``), ``"three_class"`` (background / interior / border, whose
-            :meth:`labels` are the dataset's background / foreground) or ``"flows"`` (foreground and
+            :meth:`labels` are the dataset's background / foreground), ``"flows"`` (foreground and
             a flow field: :meth:`predict_proba` gives background, foreground, then the ``D`` flow
-            components, see :mod:`unetkit.flows`).
+            components, see :mod:`unetkit.flows`) or ``"distance"`` (background, foreground, then the
+            distance to the object's outline, 0-1).
         task: ``"segmentation"`` (default: outputs are logits, :meth:`predict` gives labels) or
             ``"restoration"`` (outputs are images, :meth:`predict` gives the restored image in the
             input's intensity scale, see :mod:`.restore`).
@@ -139,8 +140,8 @@ class Predictor:
         if self.scale < 1 or (self.scale > 1 and self.task != "restoration"):
             raise ValueError(f"scale must be 1, or >= 1 for a restoration network; got {scale}")
         self._activate = logits_to_probabilities if self.task == "segmentation" else _identity
-        if self.target == "flows" and self.task == "segmentation":
-            self._activate = flow_outputs
+        if self.target in MAP_TARGETS and self.task == "segmentation":
+            self._activate = foreground_and_maps
 
     @classmethod
     def from_run(cls, run_dir: Union[str, Path], **kwargs: Any) -> Predictor:
@@ -210,21 +211,21 @@ class Predictor:
     @property
     def num_classes(self) -> int:
         """Classes in the output of :meth:`predict_proba` (2 for a one-channel binary head or a flows
-        network)."""
-        if self.target == "flows":
+        or distance network)."""
+        if self.target in MAP_TARGETS:
             return 2
         return num_output_classes(self.model.config.num_classes)
 
     @property
     def output_channels(self) -> int:
-        """Channels of the blocks :meth:`iter_proba` yields: the network's, one more for a flows
-        network (its foreground logit becomes the background and foreground probabilities)."""
-        return self.model.config.num_classes + int(self.target == "flows")
+        """Channels of the blocks :meth:`iter_proba` yields: the network's, one more for a flows or
+        distance network (its foreground logit becomes the background and foreground probabilities)."""
+        return self.model.config.num_classes + int(self.target in MAP_TARGETS)
 
     @property
     def proba_channels(self) -> int:
-        """Channels of :meth:`predict_proba`: the classes, then a flows network's flow components."""
-        return self.num_classes + (self.dims if self.target == "flows" else 0)
+        """Channels of :meth:`predict_proba`: the classes, then a flows or distance network's maps."""
+        return self.num_classes + map_channels(self.target, self.dims)
 
     def as_channels_first(self, image: np.ndarray) -> np.ndarray:
         """``(*S)`` or ``(C, *S)`` -> ``(C, *S)``; raise ``ValueError`` saying what the model takes."""

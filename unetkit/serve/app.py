@@ -38,7 +38,7 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from ..activation import probabilities_to_labels
 from ..data.classes import ClassInfo, default_colors
-from ..data.instances import to_data_labels
+from ..data.instances import MAP_TARGETS, to_data_labels
 from ..data.scale import ScaleLimitError
 from ..export import valid_size_rule
 from ..inference.files import default_classes
@@ -135,7 +135,7 @@ class Segmenter:
         self.tta_predictor.tta = True
         self.limits = limits
         self.classes: ClassInfo = predictor.classes or default_classes(predictor.num_classes)
-        self.binary = predictor.model.config.num_classes == 1 or predictor.target == "flows"
+        self.binary = predictor.model.config.num_classes == 1 or predictor.target in MAP_TARGETS
 
     def probabilities(self, data: bytes, tta: bool) -> np.ndarray:
         """Per-class probabilities ``(K, H, W)`` for the uploaded bytes."""
@@ -147,7 +147,7 @@ class Segmenter:
 
     def labels(self, probs: np.ndarray, threshold: float) -> np.ndarray:
         """Class ids ``(H, W)`` of the training data's classes; for a binary model ``threshold``
-        applies to the foreground probability (a flows model's flows play no part)."""
+        applies to the foreground probability (a flows or distance model's maps play no part)."""
         if self.binary:
             probs = probs[1:2]
         labels = probabilities_to_labels(torch.from_numpy(probs)[None], threshold)[0].numpy()

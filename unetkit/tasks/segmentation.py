@@ -1,8 +1,9 @@
 """Segmentation: an image and its mask make a pair, the loss is cross-entropy/Dice, the output a mask.
 
 Semantic (the masks' classes), or for instance segmentation the three-class target (background /
-interior / border from the objects) or the flows target (foreground and a flow field towards each
-object's centre, :mod:`unetkit.flows`); see :mod:`unetkit.data` for the layouts and encodings.
+interior / border from the objects), the flows target (foreground and a flow field towards each
+object's centre, :mod:`unetkit.flows`) or the distance target (foreground and the distance to the
+object's outline); see :mod:`unetkit.data` for the layouts and encodings.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from torch import nn
 from ..config import TrainConfig
 from ..data.check import check_dataset
 from ..data.detect import detect_classes
+from ..data.instances import MAP_TARGETS, map_channels
 from ..data.io import read_image
 from ..data.patches import PatchDataset
 from ..data.samples import find_samples, load_sample, split_samples
 from ..data.weights import BorderWeightConfig
-from ..losses import FlowLoss, SegmentationLoss
+from ..losses import ForegroundMapLoss, SegmentationLoss
 from .base import LossFn, Task, TaskData, check_dims, output_loss, patches_per_epoch
 
 CLASSES_FILE = "classes.json"
@@ -58,26 +60,27 @@ class SegmentationTask(Task):
 
     def resolve_config(self, config: TrainConfig, data: TaskData) -> TrainConfig:
         """Input channels from the images; output classes from the masks (a binary problem keeps a
-        1-channel sigmoid head or a 2-channel softmax head, whichever the config asks for; a flows
-        network has a foreground logit and one flow component per axis)."""
+        1-channel sigmoid head or a 2-channel softmax head, whichever the config asks for; a flows or
+        distance network has a foreground logit and its maps: one flow component per axis, or one
+        distance)."""
         model = config.model
         n_classes = 3 if config.data.target == "three_class" else data.classes.num_classes
         out = model.num_classes if (n_classes == 2 and model.num_classes in (1, 2)) else n_classes
-        if config.data.target == "flows":
-            out = 1 + data.dims
+        if config.data.target in MAP_TARGETS:
+            out = 1 + map_channels(config.data.target, data.dims)
         check_dims(config, data)
         return dataclasses.replace(
             config, model=dataclasses.replace(model, in_channels=data.in_channels, num_classes=out)
         )
 
     def build_loss(self, config: TrainConfig, data: TaskData) -> LossFn:
-        if config.data.target == "flows":
-            flow_loss = FlowLoss(config.loss, ignore_index=data.classes.ignore_index)
+        if config.data.target in MAP_TARGETS:
+            map_loss = ForegroundMapLoss(config.loss, ignore_index=data.classes.ignore_index)
 
-            def flows_loss(output: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-                return flow_loss(output, batch["mask"], batch["flows"], batch.get("weight"))
+            def foreground_map_loss(output: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+                return map_loss(output, batch["mask"], batch["maps"], batch.get("weight"))
 
-            return output_loss(flows_loss)
+            return output_loss(foreground_map_loss)
         loss = SegmentationLoss(config.loss, ignore_index=data.classes.ignore_index)
 
         def segmentation_loss(output: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -136,5 +139,6 @@ class SegmentationTask(Task):
         return {CLASSES_FILE: data.classes.to_dict()}
 
     def describe(self, config: TrainConfig) -> str:
-        target = {"three_class": " (three-class target)", "flows": " (flows target)"}
+        target = {"three_class": " (three-class target)", "flows": " (flows target)",
+                  "distance": " (distance target)"}
         return "segmentation" + target.get(config.data.target, "")

@@ -23,6 +23,7 @@ import torch
 
 from ..config import TrainConfig
 from ..data.check import check_dataset
+from ..data.instances import map_channels
 from ..data.io import read_image
 from ..data.membrane import membrane_class_of, membrane_class_of_dataset
 from ..data.normalize import NormalizeConfig
@@ -435,13 +436,13 @@ def plan_training(
     )
 
     three_class = target == "three_class"
-    flows = target == "flows"
+    maps = map_channels(target, dims)
     binary = len(fp.class_names) == 2 and target == "semantic"
     model = dataclasses.replace(
         config.model,
         architecture="unet",
         in_channels=fp.channels,
-        num_classes=1 if binary else 3 if three_class else 1 + dims if flows else len(fp.class_names),
+        num_classes=1 if binary else 3 if three_class else 1 + maps if maps else len(fp.class_names),
         dims=dims,
         depth=depth,
         base_channels=width,
@@ -458,7 +459,9 @@ def plan_training(
             else "softmax over background / interior / border (the 3-class target)"
             if three_class
             else f"a foreground logit and {dims} flow components (the flows target)"
-            if flows
+            if target == "flows"
+            else "a foreground logit and the distance to the outline (the distance target)"
+            if maps
             else f"softmax over {len(fp.class_names)} classes"
         )
     )
@@ -482,11 +485,11 @@ def plan_training(
     if three_class:
         loss = LossConfig(name="ce_dice")
         reasons.append("loss Dice + cross-entropy: the border class is a thin line, few of the pixels")
-    elif flows:
+    elif maps:
         loss = LossConfig(name="ce_dice")
         reasons.append(
-            "loss Dice + binary cross-entropy on the foreground, plus the mean squared error of the flows "
-            "(scaled x5, as Cellpose)"
+            "loss Dice + binary cross-entropy on the foreground, plus the mean squared error of the "
+            f"{target} maps (scaled x5, as Cellpose's flows)"
         )
     elif rarest < 0.1:
         loss = LossConfig(name="ce_dice")
