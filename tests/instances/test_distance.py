@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from object_helpers import augmented_map_patch, ball, train_tiny_run, two_touching
 
-from unetkit.data.classes import ClassInfo
+from unetkit.data.flows import flows_from_instances
 from unetkit.data.instances import distance_from_instances, map_channels
-from unetkit.data.normalize import NormalizeConfig
-from unetkit.data.patches import PatchDataset
-from unetkit.data.samples import find_samples
-from unetkit.data.synthetic import make_synthetic_cells, write_synthetic_dataset
-from unetkit.data.transforms import AugmentConfig
+from unetkit.data.synthetic import make_synthetic_cells
 from unetkit.instances import (
     InstanceConfig,
     default_instance_method,
@@ -21,19 +17,6 @@ from unetkit.instances import (
 )
 
 DISTANCE = InstanceConfig(method="distance")
-
-
-def ball(shape, centre, radius):
-    grid = np.indices(shape)
-    return sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
-
-
-def two_touching(shape=(64, 64), centres=((32, 22), (32, 40)), radius=10):
-    labels = np.zeros(shape, dtype=np.int32)
-    first = ball(shape, centres[0], radius)
-    labels[first] = 1
-    labels[ball(shape, centres[1], radius) & ~first] = 2
-    return labels
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -75,34 +58,26 @@ def test_the_distance_route_separates_touching_objects_that_a_threshold_joins():
         instances_from_distance(foreground, distance[:10], DISTANCE)
 
 
-def test_the_dispatch_routes_a_distance_network_and_refuses_others():
+@pytest.mark.parametrize("target", ["flows", "distance"])
+def test_the_dispatch_routes_a_flows_or_distance_network_and_refuses_others(target):
     labels = two_touching()
     foreground = (labels > 0).astype(np.float32)
-    outputs = np.concatenate([np.stack([1 - foreground, foreground]), distance_from_instances(labels)])
-    assert map_channels("distance", 2) == 1 and map_channels("flows", 3) == 3
-    assert default_instance_method("distance", ["background", "foreground"]) == "distance"
-    assert instances_from_probabilities(outputs, DISTANCE, "distance").max() == 2
-    assert instances_from_probabilities(outputs, InstanceConfig(method="components"), "distance").max() == 1
-    with pytest.raises(ValueError, match="--target distance"):
-        instances_from_probabilities(outputs, DISTANCE, "flows")
-    with pytest.raises(ValueError, match="--target distance"):
-        instances_from_probabilities(outputs[:2], DISTANCE, "semantic")
+    maps = flows_from_instances(labels) if target == "flows" else distance_from_instances(labels)
+    outputs = np.concatenate([np.stack([1 - foreground, foreground]), maps])
+    assert map_channels(target, 2) == len(maps) and map_channels("flows", 3) == 3
+    assert default_instance_method(target, ["background", "foreground"]) == target
+    own = InstanceConfig(method=target)
+    assert instances_from_probabilities(outputs, own, target).max() == 2
+    assert instances_from_probabilities(outputs, InstanceConfig(method="components"), target).max() == 1
+    other = "distance" if target == "flows" else "flows"
+    for wrong_target, given in ((other, outputs), ("semantic", outputs), ("semantic", outputs[:2])):
+        with pytest.raises(ValueError, match=f"--target {target}"):
+            instances_from_probabilities(given, own, wrong_target)
 
 
 def test_patch_dataset_gives_the_distance_of_the_augmented_objects(tmp_path):
-    root = write_synthetic_dataset(tmp_path / "syn", 1, size=48)
-    samples = find_samples(root)
-    plain = PatchDataset(samples, ClassInfo.binary(), patch_size=48, normalize=NormalizeConfig(),
-                         augment=AugmentConfig.none(), target="distance")
-    item = plain[0]
-    instances = plain._load(0).instances
-    assert item["maps"].shape == (1, 48, 48) and item["maps"].dtype == torch.float32
-    assert np.allclose(item["maps"].numpy(), distance_from_instances(instances))
-    turned = PatchDataset(samples, ClassInfo.binary(), patch_size=40, normalize=NormalizeConfig(),
-                          augment=AugmentConfig.all_on(), target="distance", output_size=24)
-    item = turned[0]
-    distance, mask = item["maps"].numpy()[0], item["mask"].numpy()
-    assert distance.shape == mask.shape == (24, 24)
+    maps, mask = augmented_map_patch(tmp_path, "distance", distance_from_instances)
+    distance = maps[0]
     assert np.all(distance[mask == 0] == 0) and 0 <= distance.min() and distance.max() <= 1.0
 
 
@@ -111,12 +86,7 @@ def test_train_a_distance_network_then_predict_and_export_its_objects(tmp_path):
     from unetkit.export import build_contract
     from unetkit.inference import Predictor
 
-    data = write_synthetic_dataset(tmp_path / "data", 3, size=48, seed=0)
-    run = tmp_path / "run"
-    assert main(["train", str(data), "--target", "distance", "--preset", "tutorial", "--out", str(run),
-                 "--no-progress", "--data.patch-size", "32", "--data.patches-per-epoch", "4",
-                 "--data.batch-size", "2", "--model.depth", "2", "--model.base-channels", "4",
-                 "--model.dropout", "0", "--budget.epochs", "1", "--val-fraction", "0.34"]) == 0
+    run = train_tiny_run(tmp_path, "distance")
     predictor = Predictor(run)
     assert predictor.target == "distance" and predictor.model.config.num_classes == 2
     image = make_synthetic_cells(48, seed=5).image

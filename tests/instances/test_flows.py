@@ -5,15 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from object_helpers import augmented_map_patch, ball, train_tiny_run, two_touching
 
 from unetkit.activation import MAP_SCALE, foreground_and_maps
-from unetkit.data.classes import ClassInfo
 from unetkit.data.flows import flows_from_instances, object_centres
-from unetkit.data.normalize import NormalizeConfig
-from unetkit.data.patches import PatchDataset
-from unetkit.data.samples import find_samples
-from unetkit.data.synthetic import make_synthetic_cells, write_synthetic_dataset
-from unetkit.data.transforms import AugmentConfig
+from unetkit.data.synthetic import make_synthetic_cells
 from unetkit.flows import flow_errors, follow_flows, instances_from_flows
 from unetkit.inference.tta import symmetries
 from unetkit.instance_metrics import instance_scores
@@ -21,19 +17,6 @@ from unetkit.instances import InstanceConfig, default_instance_method, instances
 from unetkit.losses import ForegroundMapLoss, LossConfig
 
 FLOWS = InstanceConfig(method="flows")
-
-
-def ball(shape, centre, radius):
-    grid = np.indices(shape)
-    return sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
-
-
-def two_touching(shape=(64, 64), centres=((32, 22), (32, 40)), radius=10):
-    labels = np.zeros(shape, dtype=np.int32)
-    first = ball(shape, centres[0], radius)
-    labels[first] = 1
-    labels[ball(shape, centres[1], radius) & ~first] = 2
-    return labels
 
 
 def towards(labels_shape, centre):
@@ -117,19 +100,6 @@ def test_flow_check_drops_objects_whose_flows_do_not_fit_their_shape():
         instances_from_flows(mask, flows[:1], FLOWS)
 
 
-def test_the_dispatch_routes_a_flows_network_and_refuses_others():
-    labels = two_touching()
-    foreground = (labels > 0).astype(np.float32)
-    outputs = np.concatenate([np.stack([1 - foreground, foreground]), flows_from_instances(labels)])
-    assert default_instance_method("flows", ["background", "foreground"]) == "flows"
-    assert instances_from_probabilities(outputs, FLOWS, target="flows").max() == 2
-    assert instances_from_probabilities(outputs, InstanceConfig(method="components"), "flows").max() == 1
-    with pytest.raises(ValueError, match="--target flows"):
-        instances_from_probabilities(outputs[:2], FLOWS, target="semantic")
-    with pytest.raises(ValueError, match="--target flows"):
-        instances_from_probabilities(outputs, FLOWS, target="semantic")
-
-
 def test_flows_head_activation_and_loss():
     logits = torch.randn(1, 3, 16, 16, requires_grad=True)
     out = foreground_and_maps(logits)
@@ -166,20 +136,7 @@ def test_test_time_augmentation_turns_flow_vectors_back(dims):
 
 
 def test_patch_dataset_gives_the_flows_of_the_augmented_objects(tmp_path):
-    root = write_synthetic_dataset(tmp_path / "syn", 1, size=48)
-    samples = find_samples(root)
-    plain = PatchDataset(samples, ClassInfo.binary(), patch_size=48, normalize=NormalizeConfig(),
-                         augment=AugmentConfig.none(), target="flows")
-    item = plain[0]
-    instances = plain._load(0).instances
-    assert item["maps"].shape == (2, 48, 48) and item["maps"].dtype == torch.float32
-    assert np.allclose(item["maps"].numpy(), flows_from_instances(instances))
-    assert torch.equal(item["mask"], torch.from_numpy(instances > 0).long())
-    turned = PatchDataset(samples, ClassInfo.binary(), patch_size=40, normalize=NormalizeConfig(),
-                          augment=AugmentConfig.all_on(), target="flows", output_size=24)
-    item = turned[0]
-    flows, mask = item["maps"].numpy(), item["mask"].numpy()
-    assert flows.shape == (2, 24, 24) and mask.shape == (24, 24)
+    flows, mask = augmented_map_patch(tmp_path, "flows", flows_from_instances)
     assert np.all(flows[:, mask == 0] == 0)
     length = np.sqrt((flows**2).sum(axis=0))[mask == 1]
     assert np.mean(np.isclose(length, 1.0, atol=1e-4)) > 0.9
@@ -228,15 +185,9 @@ def test_an_exported_flows_network_predicts_as_the_run(tmp_path):
 
 
 def test_train_a_flows_network_and_get_its_objects(tmp_path):
-    from unetkit.cli import main
     from unetkit.inference import Predictor
 
-    data = write_synthetic_dataset(tmp_path / "data", 3, size=48, seed=0)
-    run = tmp_path / "run"
-    assert main(["train", str(data), "--target", "flows", "--preset", "tutorial", "--out", str(run),
-                 "--no-progress", "--data.patch-size", "32", "--data.patches-per-epoch", "4",
-                 "--data.batch-size", "2", "--model.depth", "2", "--model.base-channels", "4",
-                 "--model.dropout", "0", "--budget.epochs", "1", "--val-fraction", "0.34"]) == 0
+    run = train_tiny_run(tmp_path, "flows")
     predictor = Predictor(run)
     assert predictor.target == "flows" and predictor.model.config.num_classes == 3
     outputs = predictor.predict_proba(make_synthetic_cells(48, seed=5).image)

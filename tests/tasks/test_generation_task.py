@@ -69,6 +69,18 @@ def train_cli(data: Path, out: Path, *extra: str) -> int:
     return main(["train", str(data), "--task", "generate", "--out", str(out), *TINY, *extra])
 
 
+def super_resolution_run(tmp_path: Path) -> tuple[Path, Path]:
+    """Three random 16x16 high-resolution images and a x2 low-res-conditioned run trained on them."""
+    rng = np.random.default_rng(0)
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(hr / f"{i}.png")
+    sr = tmp_path / "sr"
+    assert train_cli(hr, sr, "--condition", "low-res", "--scale", "2", "--data.patch-size", "8") == 0
+    return hr, sr
+
+
 @pytest.fixture(scope="module")
 def class_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("generation")
@@ -197,13 +209,7 @@ def test_a_super_resolution_stage_must_fit_the_stage_before(class_run, tmp_path,
 def test_broken_condition_files_are_named_and_the_others_drawn(tmp_path, capsys):
     from broken_corpus import BROKEN, GOOD, assert_each_named_once, write_corpus
 
-    rng = np.random.default_rng(0)
-    images = tmp_path / "hr"
-    images.mkdir()
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(images / f"{i}.png")
-    sr = tmp_path / "sr"
-    assert train_cli(images, sr, "--condition", "low-res", "--scale", "2", "--data.patch-size", "8") == 0
+    images, sr = super_resolution_run(tmp_path)
     conditions = tmp_path / "conditions"
     write_corpus(conditions)
     capsys.readouterr()
@@ -344,13 +350,7 @@ def test_evaluate_scores_samples_against_the_held_out_split(class_run, tmp_path)
 def test_evaluate_a_super_resolution_stage_on_pairs_and_a_mask_run_with_a_segmenter(tmp_path):
     from unetkit.training.evaluation import evaluate_run
 
-    rng = np.random.default_rng(0)
-    hr = tmp_path / "hr"
-    hr.mkdir()
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(hr / f"{i}.png")
-    sr = tmp_path / "sr"
-    assert train_cli(hr, sr, "--condition", "low-res", "--scale", "2", "--data.patch-size", "8") == 0
+    hr, sr = super_resolution_run(tmp_path)
     (hr / "saved page.png").write_text("<html>404</html>")  # a broken file among the held-out images
     summary = evaluate_run(sr, hr, tmp_path / "sr_report", generation=dict(steps=2))
     assert summary["num_images"] == 3 and summary["scale"] == 2
