@@ -118,6 +118,7 @@ def build_contract(
     target: str = "semantic",
     task: str = "segmentation",
     scale: int = 1,
+    membrane_class: Optional[int] = None,
 ) -> dict[str, Any]:
     """The pre/post-processing contract of ``model`` as a JSON-able dict.
 
@@ -133,6 +134,8 @@ def build_contract(
         task: ``"segmentation"`` (the output is logits) or ``"restoration"`` (the output is an image
             ``(N, C, *S_out)`` on the normalised scale, see :func:`restoration_output`).
         scale: restoration: output pixels per input pixel along each axis (super-resolution, 2D only).
+        membrane_class: the class outlining the objects as a thin network (``data.membrane_class``,
+            EM data), whose objects take the membrane route; ``None`` for other data.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
@@ -195,6 +198,7 @@ def build_contract(
         },
         "task": task,
         "scale": scale,
+        "membrane_class": membrane_class,
     }
 
 
@@ -320,14 +324,16 @@ def export_model(
     target: str = "semantic",
     task: str = "segmentation",
     scale: int = 1,
+    membrane_class: Optional[int] = None,
 ) -> Path:
     """Write ``model`` as ``fmt`` (``"onnx"``/``"torchscript"``) to ``out``, the contract to ``out.json``.
 
-    ``task`` and ``scale`` as in :func:`build_contract`. Both files are written atomically; returns ``out``.
+    ``task``, ``scale`` and ``membrane_class`` as in :func:`build_contract`. Both files are written
+    atomically; returns ``out``.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
-    contract = build_contract(model, classes, normalize, object_diameter, target, task, scale)
+    contract = build_contract(model, classes, normalize, object_diameter, target, task, scale, membrane_class)
     data = onnx_bytes(model, contract) if fmt == "onnx" else torchscript_bytes(model, contract)
     out = Path(out)
     atomic_write_bytes(out, data)
@@ -351,7 +357,7 @@ def export_run(run_dir: PathLike, fmt: str, out: Optional[PathLike] = None) -> P
     return export_model(
         predictor.model, target, fmt, classes=predictor.classes, normalize=predictor.normalize,
         object_diameter=predictor.object_diameter, target=predictor.target, task=predictor.task,
-        scale=predictor.scale,
+        scale=predictor.scale, membrane_class=predictor.membrane_class,
     )
 
 
@@ -784,6 +790,11 @@ class ExportedModel(SizeRules):
         """``data.target`` stored in the contract (``"semantic"`` for files without one)."""
         return self.contract.get("target") or "semantic"
 
+    def membrane_class(self) -> Optional[int]:
+        """The membrane class stored in the contract (``data.membrane_class``), or ``None``."""
+        value = self.contract.get("membrane_class")
+        return None if value is None else int(value)
+
     def object_diameter(self) -> Optional[float]:
         """The object scale stored in the contract (``data.object_diameter``), or ``None``."""
         scale = self.contract.get("object_scale")
@@ -831,7 +842,7 @@ def load_backend(kind: str, source: PathLike) -> Union[nn.Module, ExportedModel]
         predictor = Predictor.from_run(source, device="cpu")
         contract = build_contract(
             predictor.model, predictor.classes, predictor.normalize, predictor.object_diameter,
-            predictor.target, predictor.task, predictor.scale,
+            predictor.target, predictor.task, predictor.scale, predictor.membrane_class,
         )
         if kind == "onnxruntime":
             runner = _onnx_session(onnx_bytes(predictor.model, contract))
@@ -887,6 +898,8 @@ def _predictor_for(source: PathLike, backend: str, **kwargs: Any) -> Any:
         kwargs["object_diameter"] = model.object_diameter()
     if kwargs.get("target") is None:
         kwargs["target"] = model.target()
+    if kwargs.get("membrane_class") is None:
+        kwargs["membrane_class"] = model.membrane_class()
     if kwargs.get("task") is None:
         kwargs["task"] = model.task
     if kwargs.get("scale") is None:

@@ -160,3 +160,20 @@ def test_predict_instances_on_a_membrane_run_closes_cells_in_labels_and_mask(tmp
     # The route closes the gap; the thresholded map (the per-image scores at 0.5) merges the two cells.
     assert summary["route_rand_error"] < 0.01 < summary["rand_error"]
     assert summary["warping_error"] == 0.0 and summary["route_pixel_error"] < 0.02
+
+    # The membrane class travels with exported models and reaches the server's objects too.
+    from unetkit.inference import Predictor
+    from unetkit.serve.objects import object_labels
+
+    exported = tmp_path / "section_model.onnx"
+    assert main(["export", str(run), "--out", str(exported)]) == 0
+    out_onnx = tmp_path / "out_onnx"
+    assert main(["predict", str(exported), str(tmp_path / "section.png"), "--out", str(out_onnx),
+                 "--instances", "--backend", "onnxruntime"]) == 0
+    assert np.array_equal(tifffile.imread(out_onnx / "section_instances.tif"), cells)
+    predictor = Predictor.from_run(run)
+    assert predictor.membrane_class == 0
+    probabilities = predictor.predict_proba(image)
+    served = object_labels(probabilities, np.zeros(image.shape, np.int64), ClassInfo.binary(), 0.5,
+                           predictor.target, predictor.membrane_class)
+    assert np.array_equal(served, cells)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import sys
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 
@@ -149,14 +148,6 @@ def _save_overlay(path: Path, image: np.ndarray, labels: np.ndarray, colors) -> 
         Image.fromarray(overlay(image, labels, colors)).save(tmp, format="PNG")
 
 
-def run_membrane_class(run: str) -> Optional[int]:
-    """``data.membrane_class`` of a RUN folder (``None`` for other runs and exported models)."""
-    config = Path(run) / "config.json"
-    if not config.is_file():
-        return None
-    return json.loads(config.read_text()).get("data", {}).get("membrane_class")
-
-
 def write_objects(out_dir: Path, stem: str, result, config: InstanceConfig, classes: ClassInfo,
                   mask: Path, target: str) -> np.ndarray:
     """Write ``<stem>_instances.tif`` and ``<stem>_objects.csv``; return the label image.
@@ -203,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     objects_config = None
     if args.instances:
         objects_config = instance_config_for(
-            predictor.target, classes.names, run_membrane_class(args.run), args.instance_method,
+            predictor.target, classes.names, predictor.membrane_class, args.instance_method,
             min_size=args.min_size, min_distance=args.min_distance,
         )
     coco = CocoCollection()

@@ -73,6 +73,9 @@ class Predictor:
             ``"restoration"`` (outputs are images, :meth:`predict` gives the restored image in the
             input's intensity scale, see :mod:`.restore`).
         scale: restoration: output pixels per input pixel along each axis (super-resolution).
+        membrane_class: the class that outlines the objects as a thin network (``data.membrane_class``,
+            EM data): objects then take the membrane route
+            (:func:`unetkit.instances.default_instance_method`).
 
     Arrays go in channel-first: ``(H, W)`` or ``(C, H, W)`` for a 2D network, ``(D, H, W)``
     or ``(C, D, H, W)`` for a 3D one. The network runs in eval mode and is put back in the
@@ -98,6 +101,7 @@ class Predictor:
         task: Optional[str] = None,
         scale: Optional[int] = None,
         max_pixels: Optional[int] = None,
+        membrane_class: Optional[int] = None,
     ) -> None:
         if isinstance(model_or_run, (str, Path)):
             run = Predictor.from_run(model_or_run)
@@ -108,6 +112,7 @@ class Predictor:
             target = run.target if target is None else target
             task = run.task if task is None else task
             scale = run.scale if scale is None else scale
+            membrane_class = run.membrane_class if membrane_class is None else membrane_class
         if object_diameter is not None and object_diameter <= 0:
             raise ValueError(f"object_diameter must be a positive number of pixels, got {object_diameter}")
         if blend not in BLEND_MODES:
@@ -130,6 +135,7 @@ class Predictor:
         self.progress = progress
         self.object_diameter = object_diameter
         self.max_pixels = max_pixels
+        self.membrane_class = membrane_class
         self.target = target or "semantic"
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
@@ -148,8 +154,8 @@ class Predictor:
         """A predictor for a RUN folder written by ``unetkit train``.
 
         Reads the network (``model.json`` + ``model.safetensors``), ``classes.json`` (the
-        ``ClassInfo``) and ``config.json["data"]`` (its ``normalize``, ``object_diameter`` and
-        ``target``) when they are there. Keyword arguments go to :class:`Predictor`.
+        ``ClassInfo``) and ``config.json["data"]`` (its ``normalize``, ``object_diameter``, ``target``
+        and ``membrane_class``) when they are there. Keyword arguments go to :class:`Predictor`.
         """
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
@@ -187,6 +193,8 @@ class Predictor:
             kwargs["object_diameter"] = data.get("object_diameter")
         if kwargs.get("target") is None:
             kwargs["target"] = data.get("target")
+        if kwargs.get("membrane_class") is None:
+            kwargs["membrane_class"] = data.get("membrane_class")
         if kwargs.get("task") is None:
             kwargs["task"] = config.get("task")
         if kwargs.get("scale") is None and kwargs["task"] == "restoration":

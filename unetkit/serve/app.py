@@ -188,7 +188,8 @@ class Segmenter:
     def objects_response(self, data: bytes, threshold: float, tta: bool, include_masks: bool) -> dict:
         probs = self.probabilities(data, tta)
         labels = self.labels(probs, threshold)
-        instances = object_labels(probs, labels, self.classes, threshold, self.predictor.target)
+        instances = object_labels(probs, labels, self.classes, threshold, self.predictor.target,
+                                  self.predictor.membrane_class)
         objects = measure_objects(instances, labels, self.classes)
         result: dict[str, Any] = {
             "width": int(labels.shape[1]),

@@ -1,13 +1,13 @@
 """Objects in a prediction, for the server's JSON: area, box and centroid of each object.
 
-Binary, 3-class and flows models separate touching objects by their run's own route
+Binary, 3-class, flows, distance and membrane models separate touching objects by their run's own route
 (:func:`unetkit.instances.instances_from_probabilities`); other multi-class models count the
 connected components of each class.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from skimage.measure import regionprops
@@ -18,12 +18,13 @@ from ..instances import default_instance_method, instance_config_for, instances_
 
 
 def object_labels(probabilities: np.ndarray, labels: np.ndarray, classes: ClassInfo,
-                  threshold: float, target: str = "semantic") -> np.ndarray:
+                  threshold: float, target: str = "semantic",
+                  membrane_class: Optional[int] = None) -> np.ndarray:
     """Instance labels ``(H, W)`` from per-class probabilities ``(K, H, W)`` and class ids ``(H, W)``
-    (``target``: the run's ``data.target``)."""
-    method = default_instance_method(target, classes.names)
+    (``target`` and ``membrane_class``: the run's ``data.target`` and ``data.membrane_class``)."""
+    method = default_instance_method(target, classes.names, membrane_class)
     if method != "watershed" or probabilities.shape[0] == 2:
-        config = instance_config_for(target, classes.names, method=method, threshold=threshold)
+        config = instance_config_for(target, classes.names, membrane_class, method, threshold=threshold)
         return instances_from_probabilities(probabilities, config, target)
     instances = np.zeros(labels.shape, dtype=np.int64)
     for class_id in range(1, classes.num_classes):
