@@ -150,7 +150,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     results = {"classical (Otsu + distance watershed)": score(val_samples, classical(instance_config))}
     components = InstanceConfig(method="components")
     for key, name, kind, method in routes:
-        run_dir = done[key] if finished(done.get(key, work / key)) else work / key
+        run_dir = done.get(key, work / key)
+        run_dir = run_dir if finished(run_dir) else work / key
         if finished(run_dir):
             print(f"{name}: using the finished run {run_dir}", flush=True)
         else:
