@@ -59,6 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if extra and not getattr(args, "accepts_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra  # config fields (--section.field VALUE) for the commands that take them
+    args.argv = argv  # the command line as given: --nproc starts it again in each process
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -1,4 +1,9 @@
-"""``unetkit predict RUN INPUT... --out DIR``: segment (or restore) image files with a trained run."""
+"""``unetkit predict RUN INPUT... --out DIR``: segment (or restore) image files with a trained run.
+
+With ``--nproc N`` (or under ``torchrun``) the files are shared among the processes, each file on one
+process (:func:`unetkit.training.distributed.shard_files`); rank 0 prints the summary of them all
+and writes the merged ``objects_coco.json``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import argparse
 import glob
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 
@@ -31,7 +36,11 @@ from ..instances import (
     save_instance_labels,
     write_object_table,
 )
+from ..training.distributed import add_nproc_option
 from ..utils.atomic import atomic_path
+
+if TYPE_CHECKING:
+    from ..training.distributed import Distributed
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -81,6 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="restoration: write float32 TIFFs instead of the input's dtype")
     parser.add_argument("--backend", choices=("torch", "onnxruntime", "torchscript"), default="torch",
                         help="runtime: torch, or the network exported to ONNX Runtime / TorchScript (CPU)")
+    add_nproc_option(parser, "predict, the files shared among the processes,")
     parser.set_defaults(func=run)
 
 
@@ -115,19 +125,31 @@ def failed(failures: list[str], message: str) -> None:
     tqdm.write(f"FAILED {message}", file=sys.stderr)
 
 
-def each_file(files: list[Path], failures: list[str], verb: str) -> Iterator[Path]:
+def each_file(
+    files: list[Path], failures: list[str], verb: str, job: Optional[Distributed] = None
+) -> Iterator[Path]:
     """The input files in turn, with a progress bar; a second input with the same name (same outputs)
-    is a failure, not a file to do."""
+    is a failure, not a file to do. With several processes (``job``): this process's share of the
+    files; rank 0 reports the name clashes and shows the bar."""
     from tqdm.auto import tqdm
 
-    stems: set[str] = set()
-    for src in tqdm(files, unit="file", desc="files", disable=len(files) < 2):
+    from ..training.distributed import shard_files
+
+    main = job is None or job.is_main
+    first: dict[str, Path] = {}
+    for src in files:
+        first.setdefault(stem_of(src), src)
+    rank, world = (job.rank, job.world_size) if job is not None else (0, 1)
+    mine = {id(src) for src in shard_files(list(first.values()), rank, world)}
+    for src in tqdm(files, unit="file", desc="files", disable=len(files) < 2 or not main):
         stem = stem_of(src)
-        if stem in stems:
-            failed(failures, f"{src}: another input has the same name {stem!r}; {verb} it into another --out")
+        if first[stem] is not src:
+            if main:
+                clash = f"another input has the same name {stem!r}; {verb} it into another --out"
+                failed(failures, f"{src}: {clash}")
             continue
-        stems.add(stem)
-        yield src
+        if id(src) in mine:
+            yield src
 
 
 def add_2d_objects(coco: CocoCollection, file_name: str, instances: np.ndarray) -> None:
@@ -167,6 +189,38 @@ def write_objects(out_dir: Path, stem: str, result, config: InstanceConfig, clas
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..training.distributed import PREDICT_TIMEOUT_S, launch, setup_distributed
+
+    try:
+        if getattr(args, "nproc", None) is not None:
+            return launch(args.argv, args.nproc)
+        # gloo whatever the device: only the summaries travel between the processes
+        job = setup_distributed(torch.device("cpu"), timeout_s=PREDICT_TIMEOUT_S)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return predict_files(args, job)
+    finally:
+        job.close()
+
+
+def process_device(args: argparse.Namespace, job: Distributed) -> Optional[str]:
+    """``--device``, or with several processes on CUDA, this process's GPU (``cuda:LOCAL_RANK``)."""
+    import torch
+
+    from ..training.distributed import process_device as gpu_of_process
+
+    wants_cuda = args.device is None or args.device.startswith("cuda")
+    if not (job.enabled and wants_cuda and torch.cuda.is_available()):
+        return args.device
+    return str(gpu_of_process(torch.device(args.device or "cuda"), job.local_rank, job.world_size))
+
+
+def predict_files(args: argparse.Namespace, job: Distributed) -> int:
+    """The body of :func:`run` in one process of ``job`` (the only one without ``--nproc``)."""
     from tqdm.auto import tqdm
 
     from ..export import predictor_for
@@ -175,15 +229,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         predictor = predictor_for(
             args.run, args.backend, tile_size=args.tile_size, overlap=args.overlap, tta=args.tta,
-            batch_size=args.batch_size, device=args.device, progress=True,
+            batch_size=args.batch_size, device=process_device(args, job), progress=job.is_main,
         )
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out_dir = Path(args.out)
     files, failures = collect_inputs(args.inputs)
+    if not job.is_main:  # rank 0 reports the inputs that name no file
+        failures = []
     if predictor.task == "restoration":
-        return restore_files(args, predictor, files, failures)
+        return restore_files(args, predictor, files, failures, job)
     if args.float:
         print("error: --float is for restoration runs; this run segments", file=sys.stderr)
         return 2
@@ -202,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
     def report(message: str) -> None:
         tqdm.write(message, file=sys.stderr)
 
-    for src in each_file(files, failures, "predict"):
+    for src in each_file(files, failures, "predict", job):
         stem = stem_of(src)
         try:
             big_3d = is_volume_path(src) or classes.num_classes > 256
@@ -247,6 +303,14 @@ def run(args: argparse.Namespace) -> int:
         counts += result.class_counts
         if result.class_counts[1:].sum() == 0:
             report(f"warning: {src}: every pixel predicted as {classes.names[0]!r}")
+    if job.enabled:
+        parts = job.gather_to_main((done, skipped, failures, counts, coco))
+        if parts is None:
+            return 0
+        done, skipped = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        failures = [f for p in parts for f in p[2]]
+        counts = sum(p[3] for p in parts)
+        coco = merge_coco([p[4] for p in parts], [f.name for f in files])
     if coco.images:
         try:
             coco.write_merged(out_dir / "objects_coco.json")
@@ -275,7 +339,29 @@ def summary(done: int, skipped: int, failures: list[str], counts: np.ndarray, na
     return "\n".join(lines)
 
 
-def restore_files(args: argparse.Namespace, predictor, files: list[Path], failures: list[str]) -> int:
+def merge_coco(parts: list[CocoCollection], names: list[str]) -> CocoCollection:
+    """The processes' COCO collections as one, images in the order of the input file ``names`` and
+    ids numbered as one process numbers them."""
+    merged = CocoCollection(parts[0].category)
+    found = {}
+    for part in parts:
+        for image in part.images:
+            objects = [a for a in part.annotations if a["image_id"] == image["id"]]
+            found[image["file_name"]] = (image, objects)
+    for name in names:
+        if name not in found:
+            continue
+        image, objects = found[name]
+        image_id = len(merged.images) + 1
+        merged.images.append({**image, "id": image_id})
+        first = len(merged.annotations) + 1
+        merged.annotations += [{**a, "id": first + i, "image_id": image_id} for i, a in enumerate(objects)]
+    return merged
+
+
+def restore_files(
+    args: argparse.Namespace, predictor, files: list[Path], failures: list[str], job: Distributed
+) -> int:
     """The restoration branch of :func:`run`: one restored image per input, each file on its own."""
     from tqdm.auto import tqdm
 
@@ -291,7 +377,7 @@ def restore_files(args: argparse.Namespace, predictor, files: list[Path], failur
     out_dir = Path(args.out)
     inputs = {f.resolve() for f in files}
     done = skipped = 0
-    for src in each_file(files, failures, "restore"):
+    for src in each_file(files, failures, "restore", job):
         stem = stem_of(src)
         try:
             # The output is <stem>.png or <stem>.tif depending on the image read; either one counts.
@@ -312,6 +398,12 @@ def restore_files(args: argparse.Namespace, predictor, files: list[Path], failur
         if note:
             tqdm.write(f"note: {src}: {note}", file=sys.stderr)
         done += 1
+    if job.enabled:
+        parts = job.gather_to_main((done, skipped, failures))
+        if parts is None:
+            return 0
+        done, skipped = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        failures = [f for p in parts for f in p[2]]
     print(f"restored {done} file(s) into {out_dir}, skipped {skipped} (already there), "
           f"failed {len(failures)}")
     for failure in failures:

@@ -27,6 +27,8 @@ from ..config import (
 )
 from ..data.io import DataError
 from ..losses import LossConfig
+from ..training.distributed import add_nproc_option, is_elastic_restart, is_main_process, launch
+from ..training.state import has_state
 
 #: ``--task`` words: segmentation, a restoration mode, or generation.
 CLI_TASKS = ("segment", "restore", "denoise", "super-resolve", "generate")
@@ -110,6 +112,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    add_nproc_option(parser, "train data-parallel")
     parser.set_defaults(func=run, accepts_overrides=True)
 
 
@@ -239,15 +242,20 @@ def resume_config(args: argparse.Namespace, overrides: dict[str, str]) -> TrainC
 
 def run(args: argparse.Namespace) -> int:
     from ..training import TrainingDiverged, train
+    from ..training.distributed import DistributedError
 
     try:
+        if getattr(args, "nproc", None) is not None and not args.print_config:
+            return launch(args.argv, args.nproc)
         overrides = parse_override_args(getattr(args, "overrides", []))
         config = resume_config(args, overrides) if args.resume else resolve_config(args, overrides)
         if args.print_config:
             sys.stdout.write(dump_config(config, "yaml"))
             return 0
-        result = train(config, resume=bool(args.resume), progress_bar=not args.no_progress)
-    except TrainingDiverged as exc:
+        # Restarted by `torchrun --max-restarts K`: continue from the last committed checkpoint.
+        resume = bool(args.resume) or (is_elastic_restart() and has_state(Path(config.out)))
+        result = train(config, resume=resume, progress_bar=not args.no_progress)
+    except (TrainingDiverged, DistributedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (DataError, ValueError, FileNotFoundError, FileExistsError) as exc:
@@ -255,6 +263,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if result.status == "interrupted":
         return 130
+    if not is_main_process():
+        return 0
     print(
         f"best model: {result.path}/model.safetensors; curves: {result.path}/curves.png; "
         f"samples: {result.path}/samples/"

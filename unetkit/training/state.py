@@ -36,7 +36,8 @@ COUNTERS = "trainer.json"
 class Progress:
     """Counters of a run: completed ``epoch``s, optimiser ``step``s, training seconds so far,
     the best monitored value and its epoch, and why the run stopped (``status``).
-    ``epoch_batches``/``epoch_loss_sum``: what an interrupted epoch had trained (Ctrl-C)."""
+    ``epoch_batches``/``epoch_loss_sum``: what an interrupted epoch had trained (Ctrl-C), in batches
+    of ``data.batch_size`` over all processes; ``world_size``: the processes that trained it."""
 
     epoch: int = 0
     step: int = 0
@@ -48,6 +49,7 @@ class Progress:
     epochs_since_best: int = 0
     status: str = "running"
     history: list[dict[str, Any]] = field(default_factory=list)
+    world_size: int = 1
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:

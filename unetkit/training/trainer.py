@@ -4,10 +4,13 @@ One epoch = ``patches_per_epoch`` random patches (the data area's :class:`PatchD
 validation on whole images with the :class:`~unetkit.inference.Predictor` (tiled when large).
 After every epoch the RUN folder is brought up to date (``metrics.csv``, ``curves.png``, the best
 model, ``state/``), so a kill loses at most the epoch in progress; Ctrl-C saves and exits cleanly.
+Under ``torchrun`` (several processes) the same loop trains data-parallel: see
+:mod:`unetkit.training.distributed` for what each rank does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
@@ -20,6 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..checkpoint import save_model
@@ -27,6 +31,7 @@ from ..config import TrainConfig, monitor_mode, save_config
 from ..tasks import get_task
 from ..utils.atomic import atomic_write_json
 from .averaging import WeightAverage
+from .distributed import Distributed, has_batch_norm, rank_batches, setup_distributed, use_sync_batch_norm
 from .precision import autocast, mixed_precision_dtype
 from .reporting import save_curves, write_csv
 from .run import CONFIG_FILE, CURVES_FILE, METRICS_FILE, SAMPLES_DIR, Run
@@ -101,9 +106,12 @@ class Trainer:
         self.out = Path(config.out)
         self.device = resolve_device(config.device)
         self.task = get_task(self.config.task)
+        self.dist = Distributed(device=self.device)  # the job's processes, known once fit() starts
 
     # ------------------------------------------------------------------ set-up
     def _prepare_folder(self) -> None:
+        """Check the RUN folder on every rank, then (after a barrier, so that no rank sees rank 0's
+        first files) let rank 0 create it."""
         if self.resume:
             if not has_state(self.out):
                 raise FileNotFoundError(
@@ -115,9 +123,17 @@ class Trainer:
                 f"{self.out} already holds a training run: add --resume to continue it, "
                 "or choose another --out"
             )
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.dist.barrier("checking the RUN folder")
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
 
     def _setup(self) -> None:
+        self.dist: Distributed = setup_distributed(self.device)
+        self.device = self.dist.device
+        # Rank 0's config for all: a plan measured on each rank (speed) may differ between them.
+        self.config = self.dist.from_main(self.config)
+        if not self.dist.is_main:
+            self.log, self.progress_bar = (lambda message: None), False
         self._prepare_folder()
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
@@ -130,6 +146,11 @@ class Trainer:
         self.model = (self.custom_model or self.task.build_model(self.config)).to(self.device)
         if self.custom_model is not None:  # config.json then describes the network really trained
             self.config = dataclasses.replace(self.config, model=self.custom_model.config)
+        self.sync_batch_norm = use_sync_batch_norm(
+            self.device, self.dist.world_size, self.config.data.batch_size
+        ) and has_batch_norm(self.model)
+        if self.sync_batch_norm:  # same parameters and state-dict keys: the saved model is unchanged
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         if self.config.model.dims == 2:  # faster convolutions on CUDA and on the CPU (oneDNN)
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, self.config)
@@ -137,21 +158,50 @@ class Trainer:
         self.average = WeightAverage(self.model, ema) if ema else None
         self.loss_fn = self.task.build_loss(self.config, self.data)
         self.dataset = self.task.build_dataset(self.config, self.data, self.model)
-        self.val_items = self.task.validation_items(self.config, self.data)
-        save_config(self.config, self.out / CONFIG_FILE)
-        for name, content in self.task.run_files(self.data).items():
-            atomic_write_json(self.out / name, content)
+        # Rank 0 alone validates; the other ranks need not hold the images.
+        self.val_items = self.task.validation_items(self.config, self.data) if self.dist.is_main else []
+        if self.dist.is_main:
+            save_config(self.config, self.out / CONFIG_FILE)
+            for name, content in self.task.run_files(self.data).items():
+                atomic_write_json(self.out / name, content)
         self.progress = (
             load_state(self.out, self.model, self.optimizer, self.average) if self.resume else Progress()
         )
+        self._adopt_world_size()
+        self.network: nn.Module = self.model
+        if self.dist.enabled:
+            # Gradients are averaged by DDP (bucketed all-reduce in the backward pass); rank 0's
+            # weights and buffers are broadcast at construction. Every parameter of the U-Nets takes
+            # part in every loss, so DDP need not search for unused ones.
+            self.network = DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=False,
+            )
+            # Dropout and diffusion noise differ per rank (the patches already do, by index).
+            torch.manual_seed(self.config.seed * 1_000_003 + self.progress.step * 7_919 + self.dist.rank)
         self.amp_dtype = mixed_precision_dtype(self.device, self.config.precision)
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.device.type == "cuda" and self.amp_dtype == torch.float16
         )
         self.tensorboard = self._tensorboard()
 
+    def _adopt_world_size(self) -> None:
+        """Record the number of processes; a run resumed on another number keeps its place in the
+        learning-rate schedule: optimiser steps are counted in steps of the new global batch."""
+        saved, world = self.progress.world_size, self.dist.world_size
+        if self.resume and saved != world:
+            step = round(self.progress.step * saved / world)
+            self.log(
+                f"resuming a run of {saved} process(es) on {world}: the global batch changes from "
+                f"{saved} x {self.config.data.batch_size} to {world} x {self.config.data.batch_size}; "
+                f"step {self.progress.step} counts as step {step} of the new batch"
+            )
+            self.progress.step = step
+        self.progress.world_size = world
+
     def _tensorboard(self) -> Any:
-        if not self.config.tensorboard:
+        if not self.config.tensorboard or not self.dist.is_main:
             return None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -161,16 +211,25 @@ class Trainer:
         return SummaryWriter(str(self.out / "tensorboard"))
 
     def _loader(self, epoch: int, skip_batches: int = 0) -> DataLoader:
-        """The epoch's batches in a seeded order, without the first ``skip_batches`` (already trained)."""
+        """This rank's batches of the epoch in a seeded order, without the first ``skip_batches``
+        batches of the whole epoch (already trained, counted in batches of ``data.batch_size``).
+
+        All ranks draw the same order; each global step takes ``batch_size x world_size`` patches
+        of it, rank ``r`` the ``r``-th slice (:func:`~.distributed.rank_batches`), so the ranks train
+        on different patches (a patch's randomness is seeded by its index) and the epoch's patch
+        count is split among them.
+        """
         cfg = self.config.data
         self.dataset.set_epoch(epoch)
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
         n_batches = len(self.dataset) // cfg.batch_size
         order = torch.randperm(len(self.dataset), generator=generator)[: n_batches * cfg.batch_size]
+        mine = rank_batches(order[skip_batches * cfg.batch_size :], cfg.batch_size, self.dist.rank,
+                            self.dist.world_size)
         return DataLoader(
             self.dataset,
             batch_size=cfg.batch_size,
-            sampler=order[skip_batches * cfg.batch_size :].tolist(),
+            sampler=mine,
             generator=generator,  # the loader's own seed draw must not consume the global (dropout) RNG
             num_workers=cfg.num_workers,
             pin_memory=self.device.type == "cuda",
@@ -179,7 +238,8 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
     @property
     def steps_per_epoch(self) -> int:
-        return max(1, len(self.dataset) // self.config.data.batch_size // self.config.optim.accumulate)
+        global_batch = self.config.data.batch_size * self.dist.world_size
+        return max(1, len(self.dataset) // global_batch // self.config.optim.accumulate)
 
     def _run_progress(self, elapsed: float) -> float:
         budget = self.config.budget
@@ -195,13 +255,21 @@ class Trainer:
             group["lr"] = lr
         return lr
 
+    def _lr_clock(self, started: float) -> float:
+        """The training seconds the learning rate follows: rank 0's clock as last agreed when
+        several processes train (their learning rates must be equal), else this process's."""
+        return self._clock if self.dist.enabled else self._elapsed(started)
+
     def _train_step(self, batch: dict[str, torch.Tensor], update: bool) -> torch.Tensor:
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         if batch["image"].dim() == 4:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.amp_dtype):
-            loss = self.loss_fn(self.model, batch)
-        self.scaler.scale(loss / self.config.optim.accumulate).backward()
+        # Between two optimiser steps (gradient accumulation) DDP need not all-reduce.
+        accumulating = self.dist.enabled and not update
+        with self.network.no_sync() if accumulating else contextlib.nullcontext():
+            with autocast(self.device, self.amp_dtype):
+                loss = self.loss_fn(self.network, batch)
+            self.scaler.scale(loss / self.config.optim.accumulate).backward()
         if update:
             clip = self.config.optim.grad_clip
             if clip:
@@ -240,17 +308,23 @@ class Trainer:
         Ctrl-C is deferred to the end of the current optimiser step (a second Ctrl-C stops at once);
         the batches trained so far are recorded in the progress, so that ``--resume`` continues this
         epoch with the next batch of the same seeded order, exactly as if never interrupted.
+
+        With several processes, batches are counted over all ranks (one step adds ``world_size``
+        batches) and the loss is the sum over ranks; after each step the ranks agree on the loss
+        (finite or not), on rank 0's Ctrl-C and time verdict, and on rank 0's clock, so they all
+        stop at the same step.
         """
         self.model.train()
         accumulate = self.config.optim.accumulate
         done = self.progress.epoch_batches
         loader = self._loader(epoch, done)
+        world = self.dist.world_size
         bar = None
         if self.progress_bar:
             from tqdm.auto import tqdm
 
             bar = tqdm(
-                total=done + len(loader),
+                total=done + len(loader) * world,
                 initial=done,
                 desc=f"epoch {epoch + 1}/{self.config.budget.epochs}",
                 unit="batch",
@@ -261,30 +335,36 @@ class Trainer:
         total = torch.full((), self.progress.epoch_loss_sum, device=self.device)
         committed = (done, total.clone())
         batches = done
+        local = 0
         complete = True
         self._stop_requested = False
         previous_handler = self._defer_ctrl_c()
         try:
             for batch in loader:
-                update = (batches + 1) % accumulate == 0
-                if batches % accumulate == 0:
-                    lr = self._set_lr(self._elapsed(started))
+                update = (local + 1) % accumulate == 0
+                if local % accumulate == 0:
+                    lr = self._set_lr(self._lr_clock(started))
                 loss = self._train_step(batch, update)
+                loss, stop, out_of_time, self._clock = self.dist.agree_step(
+                    loss, self._stop_requested, not self._time_left(started, val_seconds),
+                    self._elapsed(started),
+                )
                 self._check_finite(loss, epoch)
                 total += loss
-                batches += 1
+                batches += world
+                local += 1
                 if update:
                     self.progress.step += 1
                     committed = (batches, total.clone())
-                    if self._stop_requested:
+                    if stop:
                         raise KeyboardInterrupt
                 if bar is not None:
-                    bar.update(1)
-                    if batches % 5 == 0:
+                    bar.update(world)
+                    if local % 5 == 0:
                         bar.set_postfix(
                             loss=f"{total.item() / batches:.4f}", lr=f"{lr:.2e}", **self._bar_extra(started)
                         )
-                if not self._time_left(started, val_seconds):
+                if out_of_time:
                     complete = False
                     break
         except KeyboardInterrupt:
@@ -304,8 +384,12 @@ class Trainer:
             return None
 
         def request_stop(signum: int, frame: Any) -> None:
-            if self._stop_requested:
+            # With several processes a repeated Ctrl-C must not stop one rank alone (the others would
+            # wait in a collective): the stop is the agreed one; torchrun kills after 30 s anyway.
+            if self._stop_requested and not self.dist.enabled:
                 raise KeyboardInterrupt
+            if self._stop_requested:
+                return
             self._stop_requested = True
             self.log("Ctrl-C: stopping after this step and saving (Ctrl-C again stops at once)")
 
@@ -415,6 +499,18 @@ class Trainer:
 
     def fit(self) -> Run:
         """Train until the epochs, the time budget or the patience run out; returns the :class:`Run`."""
+        try:
+            return self._fit()
+        finally:
+            self.dist.close()
+
+    def _fit(self) -> Run:
+        """Validation, checkpoints and the RUN files are rank 0's; its decisions reach every rank.
+
+        With several processes the others wait while rank 0 validates (in the broadcast of its
+        decision, bounded by the process-group timeout): every task validates as it does alone,
+        and the validation set is small beside an epoch of patches (``val_s`` in ``metrics.csv``).
+        """
         self._setup()
         budget = self.config.budget
         started = time.perf_counter()
@@ -427,14 +523,19 @@ class Trainer:
         try:
             while self.progress.epoch < budget.epochs:
                 epoch = self.progress.epoch
-                if not self._time_left(started, self._last_val_seconds):
+                time_left, self._clock = self.dist.from_main(
+                    (self._time_left(started, self._last_val_seconds), self._elapsed(started))
+                )
+                if not time_left:
                     self.progress.status = "time budget reached"
                     break
                 t0 = time.perf_counter()
                 resumed_from = self.progress.epoch_batches
                 loss, batches, complete = self._train_epoch(epoch, started, self._last_val_seconds)
                 rate = (batches - resumed_from) / max(time.perf_counter() - t0, 1e-9)
-                if self._end_epoch(epoch, loss, batches, rate, started):
+                stop = self._end_epoch(epoch, loss, batches, rate, started) if self.dist.is_main else False
+                stop, self.progress = self.dist.from_main((stop, self.progress))
+                if stop:
                     self.progress.status = (
                         f"early stopping (no better {budget.monitor} for {budget.patience} epochs)"
                     )
@@ -446,6 +547,8 @@ class Trainer:
                 self.progress.status = "done"
         except KeyboardInterrupt:
             self.progress.status = "interrupted"
+            if not self.dist.is_main:  # rank 0 saves the state all ranks agree on
+                return self._partial_run()
             self.progress.elapsed_s = self._elapsed(started)
             save_state(self.out, self.model, self.optimizer, self.progress, self.average)
             self.log(
@@ -458,9 +561,11 @@ class Trainer:
         self.progress.elapsed_s = (
             self._elapsed(started) if self.progress.status != "done" else self.progress.elapsed_s
         )
-        if not (self.out / "model.safetensors").is_file():
-            save_model(self.evaluated_model, self.out)
-        save_state(self.out, self.model, self.optimizer, self.progress, self.average)
+        if self.dist.is_main:
+            if not (self.out / "model.safetensors").is_file():
+                save_model(self.evaluated_model, self.out)
+            save_state(self.out, self.model, self.optimizer, self.progress, self.average)
+        self.dist.barrier("waiting for rank 0 to write the RUN folder")
         self.log(
             f"finished ({self.progress.status}) after {self.progress.epoch} epochs, "
             f"{self.progress.elapsed_s / 60:.1f} min; "
@@ -482,6 +587,26 @@ class Trainer:
             f"{self.steps_per_epoch} steps "
             f"of batch {self.config.data.batch_size} x patch {self.config.data.patch_size} per epoch; "
             f"device {self.device}, {torch.get_num_threads()} threads"
+            + (f"; {self._distributed_summary()}" if self.dist.enabled else "")
+        )
+
+    def _distributed_summary(self) -> str:
+        """The data-parallel plan: processes, global batch, the learning-rate rule, batch norm."""
+        world, batch = self.dist.world_size, self.config.data.batch_size
+        line = (
+            f"{world} processes ({self.dist.backend}) x batch {batch} = global batch {world * batch} "
+            f"(each epoch's patches split among them); learning rate {self.config.optim.lr:g} as "
+            "configured, not scaled with the global batch (set --optim.lr to change it)"
+        )
+        if not has_batch_norm(self.model):
+            return line
+        if self.sync_batch_norm:
+            return line + f"; batch norm synchronised across processes (SyncBatchNorm: batch {batch} < 8)"
+        on_cuda = self.device.type == "cuda"
+        reason = f"batch {batch} >= 8" if on_cuda else "SyncBatchNorm cannot run on the CPU"
+        return line + (
+            f"; plain batch norm with statistics of each process's batch of {batch} ({reason}), "
+            "running statistics from rank 0"
         )
 
 
