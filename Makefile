@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml requirements-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements-cpu.txt
-	$(BIN)/python -m pip install -q -e ".[test,bench,deploy]"
+	$(BIN)/python -m pip install -q -e ".[test,bench,deploy,napari,bioimageio]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -866,7 +866,8 @@ def load_backend(kind: str, source: PathLike) -> Union[nn.Module, ExportedModel]
 
 
 def predictor_for(source: PathLike, backend: str = "torch", **kwargs: Any) -> Any:
-    """A :class:`~unetkit.inference.Predictor` for a RUN folder or an exported file, run by ``backend``.
+    """A :class:`~unetkit.inference.Predictor` for a RUN folder, an exported file or a bioimage.io package
+    that unetkit wrote (:mod:`unetkit.bioimageio_package`), run by ``backend``.
 
     Normalisation, classes, object scale, target, task and (super-resolution) scale come from the RUN
     folder or the file's contract unless given in ``kwargs`` (the other keyword arguments go to the
@@ -885,8 +886,11 @@ def predictor_for(source: PathLike, backend: str = "torch", **kwargs: Any) -> An
 
 
 def _predictor_for(source: PathLike, backend: str, **kwargs: Any) -> Any:
+    from .bioimageio_package import is_bioimageio_package, package_predictor
     from .inference import Predictor
 
+    if is_bioimageio_package(source):
+        return package_predictor(source, backend, **kwargs)
     if backend == "torch":
         return Predictor.from_run(source, **kwargs)
     model = load_backend(backend, source)
