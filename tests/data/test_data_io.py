@@ -88,6 +88,21 @@ def test_imagej_hyperstack_with_channels(tmp_path):
     np.testing.assert_array_equal(image[1], data[:, 1])
 
 
+def test_ome_tiff_axes_decide_channels_and_depth(tmp_path):
+    channels = RNG.integers(0, 256, size=(3, 8, 9), dtype=np.uint8)
+    path = tmp_path / "c.ome.tif"
+    tifffile.imwrite(path, channels, ome=True, metadata={"axes": "CYX"})
+    assert not is_volume_path(path)
+    np.testing.assert_array_equal(read_image(path), channels)
+    stack = RNG.integers(0, 256, size=(4, 2, 8, 9), dtype=np.uint16)  # Z, C, Y, X
+    path = tmp_path / "zc.ome.tiff"
+    tifffile.imwrite(path, stack, ome=True, metadata={"axes": "ZCYX"})
+    assert is_volume_path(path)
+    image = read_image(path)
+    assert image.shape == (2, 4, 8, 9) and image.dtype == np.uint16
+    np.testing.assert_array_equal(image[1], stack[:, 1])
+
+
 @pytest.mark.parametrize("suffix", (".nii", ".nii.gz"))
 def test_nifti_volume_reordered_to_dhw(tmp_path, suffix):
     zyx = RNG.integers(0, 100, size=(4, 6, 7)).astype(np.int16)
