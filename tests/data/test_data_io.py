@@ -88,6 +88,18 @@ def test_imagej_hyperstack_with_channels(tmp_path):
     np.testing.assert_array_equal(image[1], data[:, 1])
 
 
+def test_one_page_stack_is_a_2d_image(tmp_path):
+    """A grey image saved as a ``(1, H, W)`` array (tifffile: axes QYX) is 2D, as its mask reads."""
+    image = RNG.random((1, 8, 9), dtype=np.float32)
+    path = tmp_path / "one.tif"
+    tifffile.imwrite(path, image)
+    assert not is_volume_path(path)
+    np.testing.assert_array_equal(read_image(path), image)
+    stack = tmp_path / "two.tif"
+    tifffile.imwrite(stack, np.concatenate([image, image]))
+    assert is_volume_path(stack) and read_image(stack).shape == (1, 2, 8, 9)
+
+
 def test_ome_tiff_axes_decide_channels_and_depth(tmp_path):
     channels = RNG.integers(0, 256, size=(3, 8, 9), dtype=np.uint8)
     path = tmp_path / "c.ome.tif"

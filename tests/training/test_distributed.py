@@ -16,8 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from unetkit.cli import main
@@ -122,6 +124,33 @@ def test_two_process_run_loads_predicts_and_resumes_on_one_process(ddp_run, data
     # Epoch 1: 1 step of 2 x 2 patches (= 2 steps of the new batch of 2); epoch 2: 2 steps of 2.
     assert [(h["epoch"], h["step"], h["batches"]) for h in history] == [(1, 1, 2), (2, 4, 2)]
     assert history[1]["elapsed_s"] > history[0]["elapsed_s"]  # the clock travels in the checkpoint
+
+
+@pytest.mark.parametrize("task", ["denoise", "generate"])
+def test_restoration_and_generation_runs_train_on_two_processes(task, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    size = 16 if task == "denoise" else 8
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(images / f"{i}.png")
+    if task == "denoise":
+        options = ["--noise", "gaussian:25", "--preset", "tutorial", "--model.depth", "2",
+                   "--model.base-channels", "4", "--model.dropout", "0", "--data.patch-size", "16",
+                   "--data.normalize.mode", "fixed"]
+    else:
+        options = ["--generation.network.base-channels", "8", "--generation.network.channel-mults", "1,2",
+                   "--generation.network.num-res-blocks", "1", "--generation.network.groups", "4",
+                   "--generation.sample-steps", "2"]
+    run = tmp_path / "run"
+    result = cli("train", str(images), "--task", task, "--out", str(run), *options, "--data.batch-size", "2",
+                 "--data.patches-per-epoch", "8", "--budget.epochs", "1", "--threads", "1", "--no-progress",
+                 "--nproc", "2")
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.count("finished") == 1 and "2 processes" in result.stdout
+    loaded = Run.load(run)
+    assert loaded.status == "done" and loaded.task == ("restoration" if task == "denoise" else "generation")
+    assert [h["step"] for h in loaded.history] == [2]  # 8 patches = 2 steps of 2 processes x 2
 
 
 def test_all_ranks_train_with_rank_0s_config(data, tmp_path):

@@ -122,10 +122,11 @@ def is_volume_path(path: PathLike) -> bool:
     if suffix not in TIFF_SUFFIXES:
         return False
     try:
-        axes, _ = _tiff_axes(Path(path))
+        axes, shape = _tiff_axes(Path(path))
     except Exception as exc:  # noqa: BLE001 - any reader failure is a data error
         raise _read_error(Path(path), exc) from exc
-    return len(_spatial_axes(axes)) >= 3
+    depth = [n for a, n in zip(axes, shape) if a not in _CHANNEL_AXES][:-2]
+    return len(depth) >= 1 and math.prod(depth) > 1  # one page of (1, H, W) is a 2D image
 
 
 def _spatial_axes(axes: str) -> str:
@@ -282,6 +283,8 @@ def _tiff_to_channel_first(array: np.ndarray, axes: str, *, pages_as_channels: b
         if array.shape[0] != 1:
             raise ValueError("pages_as_channels: the TIFF already has a channel axis")
         array = array[0]
+    elif spatial == 3 and array.shape[1] == 1:
+        array = array[:, 0]  # a stack of one page, e.g. a (1, H, W) array saved as is: a 2D image
     return array
 
 
