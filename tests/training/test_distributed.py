@@ -216,6 +216,34 @@ def test_a_killed_rank_ends_the_job_with_a_clear_error_and_no_hang(data, tmp_pat
     assert latest_checkpoint(out) is not None  # what --resume continues from
 
 
+def test_torchrun_max_restarts_resumes_from_the_last_checkpoint_after_a_rank_dies(data, tmp_path):
+    twelve_epochs = tiny_config(data, tmp_path / "unused", **{"data.batch_size": 2, "budget.epochs": 12})
+    config = save_config(twelve_epochs, tmp_path / "config.json")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "--max-restarts", "1", "-m", "unetkit", "train", str(data), "--out", str(out),
+               "--config", str(config), "--no-progress"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + WATCHDOG_S
+        while not (out / "metrics.csv").is_file():
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "watchdog: no epoch finished"
+            time.sleep(0.1)
+        os.kill(_worker(proc.pid, 1), signal.SIGKILL)
+        output = proc.communicate(timeout=WATCHDOG_S)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0, output
+    run = Run.load(out)
+    assert run.status == "done"
+    assert [h["epoch"] for h in run.history] == list(range(1, 13)), output  # no epoch lost or repeated
+    assert output.count("finished") == 1
+
+
 def test_sharded_prediction_equals_one_process_skips_existing_and_has_spare_processes(ddp_run, tmp_path):
     run, _ = ddp_run
     images = sorted((write_synthetic_dataset(tmp_path / "test", 3, size=64, seed=9) / "images").iterdir())

@@ -225,7 +225,16 @@ def setup_distributed(device: torch.device, *, timeout_s: Optional[float] = None
     backend = choose_backend(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, timeout=timedelta(seconds=seconds))
+    timeout = timedelta(seconds=seconds)
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if attempt:
+        # torchrun's store outlives a failed attempt: its keys (the old ranks' addresses) would be read
+        # by the new processes, so each attempt starts its group under its own prefix.
+        store, rank, world = next(dist.rendezvous("env://", rank, world, timeout=timeout))
+        store = dist.PrefixStore(f"unetkit/attempt_{attempt}", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+    else:
+        dist.init_process_group(backend, timeout=timeout)
     return Distributed(rank, world, local, device, backend, True, seconds)
 
 
