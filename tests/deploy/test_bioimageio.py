@@ -257,6 +257,16 @@ def test_unetkit_predict_runs_the_package_as_the_run(packages, tmp_path, backend
     assert (from_package == from_run).mean() >= (1.0 if backend == "torch" else 0.999)
 
 
+def test_the_napari_widget_loads_a_package_as_the_run(packages):
+    from unetkit.napari.prediction import load_predictor, predict_layer
+
+    run, package = packages["three_class"]
+    image = cells((64, 80), seed=8)
+    from_package = predict_layer(load_predictor(package, device="cpu"), image)
+    from_run = predict_layer(load_predictor(run, device="cpu"), image)
+    assert np.array_equal(from_package.labels, from_run.labels) and from_run.labels.max() == 1
+
+
 def test_export_command_warns_what_the_format_cannot_express(tmp_path, capsys):
     run = set_data(make_run(tmp_path / "scaled", tiny_unet()), object_diameter=20.0)
     out = tmp_path / "pkg" / "scaled.zip"

@@ -187,12 +187,10 @@ def _worker(launcher: int, rank: int) -> int:
     raise LookupError(f"no rank {rank} process under pid {launcher}")
 
 
-def test_a_killed_rank_ends_the_job_with_a_clear_error_and_no_hang(data, tmp_path):
-    endless = tiny_config(data, tmp_path / "unused", **{"data.batch_size": 2, "budget.epochs": 10_000})
-    config = save_config(endless, tmp_path / "config.json")
-    out = tmp_path / "run"
-    command = [sys.executable, "-m", "unetkit", "train", str(data), "--out", str(out), "--preset", "tutorial",
-               "--config", str(config), "--no-progress", "--nproc", "2"]
+def kill_rank_1_after_the_first_epoch(command: list[str], out: Path) -> tuple[int, int, str, float]:
+    """Start ``command`` (a 2-process training into ``out``), SIGKILL its rank 1 once the first epoch is
+    written, and wait for the job (watchdog: the whole group is killed on expiry). Returns the exit
+    code, the killed pid, the output and the seconds from the kill to the end."""
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
@@ -200,17 +198,26 @@ def test_a_killed_rank_ends_the_job_with_a_clear_error_and_no_hang(data, tmp_pat
         while not (out / "metrics.csv").is_file():
             assert proc.poll() is None, proc.communicate()[0]
             assert time.monotonic() < deadline, "watchdog: no epoch finished"
-            time.sleep(0.2)
+            time.sleep(0.1)
         victim = _worker(proc.pid, 1)
         os.kill(victim, signal.SIGKILL)
         killed = time.monotonic()
-        output = proc.communicate(timeout=60)[0]
-        assert time.monotonic() - killed < 60
+        output = proc.communicate(timeout=WATCHDOG_S)[0]
+        return proc.returncode, victim, output, time.monotonic() - killed
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-    assert proc.returncode == 1, output
+
+
+def test_a_killed_rank_ends_the_job_with_a_clear_error_and_no_hang(data, tmp_path):
+    endless = tiny_config(data, tmp_path / "unused", **{"data.batch_size": 2, "budget.epochs": 10_000})
+    config = save_config(endless, tmp_path / "config.json")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "unetkit", "train", str(data), "--out", str(out), "--preset", "tutorial",
+               "--config", str(config), "--no-progress", "--nproc", "2"]
+    code, victim, output, seconds = kill_rank_1_after_the_first_epoch(command, out)
+    assert code == 1 and seconds < 60, output
     failure = rf"error: the 2-process job failed \(.*rank 1 \(pid {victim}\): killed by signal SIGKILL"
     assert re.search(failure, output), output
     assert latest_checkpoint(out) is not None  # what --resume continues from
@@ -223,21 +230,8 @@ def test_torchrun_max_restarts_resumes_from_the_last_checkpoint_after_a_rank_die
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "--max-restarts", "1", "-m", "unetkit", "train", str(data), "--out", str(out),
                "--config", str(config), "--no-progress"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + WATCHDOG_S
-        while not (out / "metrics.csv").is_file():
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "watchdog: no epoch finished"
-            time.sleep(0.1)
-        os.kill(_worker(proc.pid, 1), signal.SIGKILL)
-        output = proc.communicate(timeout=WATCHDOG_S)[0]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-    assert proc.returncode == 0, output
+    code, _, output, _ = kill_rank_1_after_the_first_epoch(command, out)
+    assert code == 0, output
     run = Run.load(out)
     assert run.status == "done"
     assert [h["epoch"] for h in run.history] == list(range(1, 13)), output  # no epoch lost or repeated

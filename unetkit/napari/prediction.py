@@ -24,8 +24,9 @@ from ..inference.files import convert_channels, default_classes
 from ..inference.tta import symmetries
 from ..instances import default_instance_method, instance_config_for, instances_from_probabilities
 
-#: The backend that runs an exported file, by its suffix (a folder is a RUN folder, run by torch).
-BACKENDS_BY_SUFFIX = {".onnx": "onnxruntime", ".pt": "torchscript"}
+#: The backend that runs an exported file, by its suffix (a folder is a RUN folder, run by torch; a
+#: ``.zip`` a bioimage.io package that unetkit wrote, run by torch from its state dict).
+BACKENDS_BY_SUFFIX = {".onnx": "onnxruntime", ".pt": "torchscript", ".zip": "torch"}
 
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: tiles done of ``total`` (``total`` 0: not known in advance)."""
@@ -40,7 +41,8 @@ def load_predictor(
     device: Optional[str] = None,
 ) -> Predictor:
     """The Predictor of a RUN folder (torch) or of a file of ``unetkit export`` (``.onnx``: ONNX
-    Runtime, ``.torchscript.pt``: TorchScript); ``tile_size`` ``None``: from the memory."""
+    Runtime, ``.torchscript.pt``: TorchScript, ``.zip``: a bioimage.io package); ``tile_size`` ``None``:
+    from the memory."""
     from ..export import predictor_for
 
     path = Path(source)
@@ -50,7 +52,8 @@ def load_predictor(
         backend = BACKENDS_BY_SUFFIX[path.suffix]
     else:
         raise FileNotFoundError(
-            f"{path} is neither a RUN folder of `unetkit train` nor a file of `unetkit export` (.onnx, .pt)"
+            f"{path} is neither a RUN folder of `unetkit train` nor a file of `unetkit export` (.onnx, .pt, "
+            ".zip)"
         )
     return predictor_for(path, backend, tile_size=tile_size, tta=tta, device=device)
 
