@@ -202,7 +202,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        return predict_files(args, job)
+        code = predict_files(args, job)
+        # No process tears its group down while another still talks to it (gloo aborts the process).
+        job.barrier("finishing the prediction")
+        return code
     finally:
         job.close()
 
