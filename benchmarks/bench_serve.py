@@ -244,7 +244,10 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--size", type=int, default=256, help="edge of the square RGB test image")
-    parser.add_argument("--backends", default="torch,onnxruntime,torchscript")
+    parser.add_argument("--backends", default="torch,onnxruntime,torchscript",
+                        help="comma-separated BACKEND[:PRECISION], e.g. torch:fp32,auto (auto: what `unetkit "
+                             "serve` runs by default)")
+    parser.add_argument("--load-only", action="store_true", help="skip the burst and slow-client runs")
     parser.add_argument("--read-timeout", type=float, default=5.0, help="slow-client runs: read timeout")
     args = parser.parse_args()
     data, pixels = test_image(args.size)
@@ -256,11 +259,13 @@ def main() -> int:
     slow = []
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run(Path(tmp) / "run")
-        torch_labels = predictor_for(run, "torch", device="cpu").predict(pixels)
-        for backend in args.backends.split(","):
-            predictor = predictor_for(run, backend, device="cpu")
+        torch_labels = predictor_for(run, "torch", device="cpu", precision="fp32").predict(pixels)
+        for spec in args.backends.split(","):
+            backend, _, precision = spec.partition(":")
+            predictor = predictor_for(run, backend, device="cpu", precision=precision or None)
             expected = predictor.predict(pixels)
-            app = create_app(predictor, ServeOptions(queue_size=16, workers=1, backend=backend))
+            app = create_app(predictor, ServeOptions(queue_size=16, workers=1, backend=predictor.backend))
+            label = f"{spec} ({predictor.backend}, {predictor.precision})"
             with BackgroundServer(app) as url:
                 asyncio.run(load(url, data, 3, 1))  # warm-up
                 start = time.perf_counter()
@@ -272,12 +277,12 @@ def main() -> int:
                 )
                 agree = float((expected == torch_labels).mean())
                 rows.append(
-                    f"| {backend} | {len(statuses)} | {statuses.count(200)} | {same} | {agree * 100:.3f} % "
+                    f"| {label} | {len(statuses)} | {statuses.count(200)} | {same} | {agree * 100:.3f} % "
                     f"| {len(statuses) / wall:.1f} | {percentile(latencies, 50) * 1000:.0f} "
                     f"| {percentile(latencies, 95) * 1000:.0f} | {max(latencies) * 1000:.0f} |"
                 )
                 print(rows[-1], file=sys.stderr, flush=True)
-            if backend == "torch":
+            if backend == "torch" and not args.load_only:
                 small = create_app(predictor, ServeOptions(queue_size=4, workers=1, backend=backend))
                 with BackgroundServer(small) as url:
                     _, statuses, bodies = asyncio.run(load(url, data, 48, 24))
@@ -292,8 +297,8 @@ def main() -> int:
                     )
                 slow = slow_clients(predictor, data, args.read_timeout)
                 print("\n".join(slow), file=sys.stderr, flush=True)
-    print("\n| backend | requests | 200 OK | same mask as library | labels = torch's | requests/s | p50 ms "
-          "| p95 ms | max ms |")
+    print("\n| backend | requests | 200 OK | same mask as library | labels = torch fp32 | requests/s "
+          "| p50 ms | p95 ms | max ms |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
     print("\nBurst beyond the queue (torch backend):\n")

@@ -24,7 +24,7 @@ import torch
 
 from unetkit.config import TrainConfig, apply_overrides
 from unetkit.models import UNet
-from unetkit.training.precision import mixed_precision_dtype
+from unetkit.precision import mixed_precision_dtype
 from unetkit.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -662,6 +662,10 @@ def export_bioimageio_run(
         predictor.model, predictor.classes, predictor.normalize, predictor.object_diameter,
         predictor.target, predictor.task, predictor.scale, membrane_class=predictor.membrane_class,
     )
+    # The run's prediction precision travels with its PyTorch weights (the other formats compute in float32).
+    contract["precision"] = {
+        "default": predictor.precision_setting, "bf16_label_agreement": predictor.label_agreement,
+    }
     image, sample_from = _sample_image(run_dir, predictor, options.sample)
     test_input = cut_test_image(image, predictor.model)
     test_output = reference_output(predictor, test_input)
@@ -851,6 +855,10 @@ def package_predictor(path: PathLike, backend: str = "torch", **kwargs: Any) -> 
         "task": contract.get("task"),
         "scale": contract.get("scale"),
     }
+    if backend == "torch":
+        precision = contract.get("precision") or {}
+        defaults["precision"] = precision.get("default")
+        defaults["label_agreement"] = precision.get("bf16_label_agreement")
     for key, value in defaults.items():
         if kwargs.get(key) is None:
             kwargs[key] = value

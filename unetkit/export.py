@@ -49,6 +49,8 @@ from .utils.atomic import atomic_write_bytes, atomic_write_json
 
 FORMATS = ("onnx", "torchscript")
 BACKENDS = ("torch", "onnxruntime", "torchscript")
+# "auto": the fastest of them on this machine (:mod:`unetkit.inference.backend_choice`).
+BACKEND_CHOICES = ("auto", *BACKENDS)
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 CONTRACT_VERSION = 1
 ONNX_OPSET = 17
@@ -865,9 +867,10 @@ def load_backend(kind: str, source: PathLike) -> Union[nn.Module, ExportedModel]
     return ExportedModel(kind, source, contract, runner)
 
 
-def predictor_for(source: PathLike, backend: str = "torch", **kwargs: Any) -> Any:
+def predictor_for(source: PathLike, backend: str = "auto", **kwargs: Any) -> Any:
     """A :class:`~unetkit.inference.Predictor` for a RUN folder, an exported file or a bioimage.io package
-    that unetkit wrote (:mod:`unetkit.bioimageio_package`), run by ``backend``.
+    that unetkit wrote (:mod:`unetkit.bioimageio_package`), run by ``backend`` (one of
+    :data:`BACKEND_CHOICES`; ``"auto"``: see :func:`auto_predictor`).
 
     Normalisation, classes, object scale, target, task and (super-resolution) scale come from the RUN
     folder or the file's contract unless given in ``kwargs`` (the other keyword arguments go to the
@@ -889,6 +892,8 @@ def _predictor_for(source: PathLike, backend: str, **kwargs: Any) -> Any:
     from .bioimageio_package import is_bioimageio_package, package_predictor
     from .inference import Predictor
 
+    if backend == "auto":
+        return auto_predictor(source, **kwargs)
     if is_bioimageio_package(source):
         return package_predictor(source, backend, **kwargs)
     if backend == "torch":
@@ -909,3 +914,35 @@ def _predictor_for(source: PathLike, backend: str, **kwargs: Any) -> Any:
     if kwargs.get("scale") is None:
         kwargs["scale"] = model.scale
     return Predictor(model, **kwargs)
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def auto_predictor(source: PathLike, **kwargs: Any) -> Any:
+    """The predictor of ``backend="auto"``: an exported file runs in its own runtime; a RUN folder or a
+    package runs in PyTorch or ONNX Runtime, whichever
+    :func:`~unetkit.inference.backend_choice.fastest_predictor` finds faster here. ONNX Runtime is a
+    candidate on the CPU only, when it is installed and the precision is not forced to bf16/fp16 (it
+    computes in float32); otherwise PyTorch runs without a measurement."""
+    from .bioimageio_package import is_bioimageio_package
+    from .inference.backend_choice import BackendChoice, fastest_predictor
+
+    path = Path(source)
+    if path.is_file() and not is_bioimageio_package(path):
+        return _predictor_for(path, "onnxruntime" if path.suffix == ".onnx" else "torchscript", **kwargs)
+    torch_predictor = _predictor_for(path, "torch", **kwargs)
+    if (
+        torch_predictor.device.type != "cpu"
+        or torch_predictor.precision_setting in ("bf16", "fp16")
+        or not onnxruntime_available()
+    ):
+        torch_predictor.backend_choice = BackendChoice("torch")
+        return torch_predictor
+    onnx = {"onnxruntime": lambda: _predictor_for(path, "onnxruntime", **kwargs)}
+    return fastest_predictor(torch_predictor, onnx)

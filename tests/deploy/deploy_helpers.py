@@ -23,12 +23,16 @@ from unetkit.utils.atomic import atomic_write_json
 
 
 def make_run(root: Path, model: torch.nn.Module, classes: ClassInfo | None = None) -> Path:
-    """Write ``model`` with ``classes.json`` and ``config.json`` (percentile normalisation) into ``root``."""
+    """Write ``model`` with ``classes.json`` and ``config.json`` (percentile normalisation) into ``root``.
+
+    The run says it was trained in float32, so it predicts in float32 as its exports do: the tests that
+    use it compare backends number for number."""
     torch.manual_seed(0)
     save_model(model, root)
     classes = classes or ClassInfo.binary()
     atomic_write_json(root / "classes.json", classes.to_dict())
-    atomic_write_json(root / "config.json", {"data": {"normalize": NormalizeConfig().to_dict()}})
+    config = {"precision": "fp32", "data": {"normalize": NormalizeConfig().to_dict()}}
+    atomic_write_json(root / "config.json", config)
     return root
 
 

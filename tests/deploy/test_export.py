@@ -178,7 +178,7 @@ def test_object_scale_travels_from_the_run_to_predictors_and_exports(tmp_path):
     """A run trained at a set object diameter predicts each image at that scale, through every backend."""
     run = make_run(tmp_path / "run", threshold_model())
     config = json.loads((run / "config.json").read_text())
-    atomic_write_json(run / "config.json", {"data": {**config["data"], "object_diameter": 20.0}})
+    atomic_write_json(run / "config.json", {**config, "data": {**config["data"], "object_diameter": 20.0}})
     image = np.zeros((96, 96), np.uint8)
     for centre in ((20, 20), (20, 60), (60, 30), (70, 75)):
         image[disk(centre, 5, shape=image.shape)] = 200

@@ -10,7 +10,14 @@ from inference_helpers import make_run, tiny_unet
 from unetkit.data.classes import ClassInfo
 from unetkit.data.normalize import NormalizeConfig, normalize_image
 from unetkit.inference import Predictor
-from unetkit.inference.memory import auto_tile_and_batch
+from unetkit.inference.memory import (
+    MAX_CPU_FEATURE_VOXELS,
+    TILE_EDGES,
+    TILE_OVERHEAD_VOXELS,
+    auto_tile_and_batch,
+    working_set_bytes,
+)
+from unetkit.inference.tiling import plan_tiles
 from unetkit.inference.tta import symmetries
 from unetkit.models import UNet
 
@@ -101,15 +108,45 @@ def test_tta_transforms_invert_and_cover_the_group():
     assert len(symmetries(3)) == 16
 
 
-def test_automatic_tile_and_batch_fit_the_network():
+def test_automatic_tile_and_batch_fit_the_network_and_the_memory_budget():
     model = tiny_unet(1, 2, padding="valid", depth=2)
-    tile, batch = auto_tile_and_batch(model, (3000, 3000), torch.device("cpu"))
-    assert batch >= 1 and tile[0] <= 1024
+    cpu = torch.device("cpu")
+    tile, batch = auto_tile_and_batch(model, (3000, 3000), cpu)
+    assert batch == 1 and model.is_valid_input_size(tile)  # one tile at a time on the CPU
+    sizes = {}
+    for budget in (2**30, 160 * 2**20, 64 * 2**20):
+        tile, _ = auto_tile_and_batch(model, (3000, 3000), cpu, max_memory=budget)
+        plan = plan_tiles(model, (3000, 3000), tile, 0.25)
+        assert working_set_bytes(model, (3000, 3000), plan.tile_in, plan.tile_out, 1, 2) <= budget
+        sizes[budget] = tile[0]
+    assert sizes[2**30] > sizes[160 * 2**20] > sizes[64 * 2**20]
     predictor = Predictor(model, device="cpu")
     plan, _ = predictor.plan((300, 200))
     assert all(model.is_valid_input_size(a.tile_in) for a in plan.axes)
     probs = predictor.predict_proba(np.random.default_rng(0).random((300, 200), dtype=np.float32))
     assert probs.shape == (2, 300, 200)
+    with pytest.raises(ValueError, match="max_memory must be a positive"):
+        Predictor(model, max_memory=0)
+
+
+@pytest.mark.parametrize("size", [700, 1500, 2048, 5000])
+def test_the_automatic_tile_computes_the_fewest_voxels(size):
+    model = tiny_unet(1, 2, padding="same", depth=2)
+    tile, _ = auto_tile_and_batch(model, (size, size), torch.device("cpu"))
+    work = {}
+    for edge in TILE_EDGES[2]:
+        plan = plan_tiles(model, (size, size), (edge, edge), 0.25)
+        work[plan.tile_in] = len(plan) * (plan.tile_in[0] ** 2 + TILE_OVERHEAD_VOXELS[2])
+    assert work[tile] == min(work.values())
+
+
+def test_wide_networks_get_smaller_tiles_on_the_cpu():
+    """Past MAX_CPU_FEATURE_VOXELS of first-level features per tile, the CPU slows down per voxel."""
+    narrow, wide = (UNet(1, 2, depth=2, base_channels=c, padding="same") for c in (16, 64))
+    cpu = torch.device("cpu")
+    (narrow_tile, _), (wide_tile, _) = (auto_tile_and_batch(m, (1000, 1000), cpu) for m in (narrow, wide))
+    assert narrow_tile == (1000, 1000)  # the whole image in one tile: no overlap to compute twice
+    assert 64 * wide_tile[0] ** 2 <= MAX_CPU_FEATURE_VOXELS
 
 
 def test_a_training_model_is_predicted_in_eval_mode_and_left_training():

@@ -50,7 +50,7 @@ def test_read_mirrored_box_equals_padded_image():
 @pytest.mark.parametrize("shape", [(37, 50), (61, 45), (100, 83)])
 def test_overlap_tile_equals_one_pass_over_mirror_padded_image(shape):
     model = tiny_unet(1, 2, padding="valid")
-    predictor = Predictor(model, tile_size=60, device="cpu")
+    predictor = Predictor(model, tile_size=60, device="cpu", precision="fp32")
     image = np.random.default_rng(1).random((1, *shape), dtype=np.float32)
     plan, _ = predictor.plan(shape)
     assert len(plan) > 1, "the image must need several tiles"
@@ -62,7 +62,7 @@ def test_overlap_tile_equals_one_pass_over_mirror_padded_image(shape):
 
 def test_overlap_tile_stride_follows_the_pooling_grid():
     model = tiny_unet(1, 2, padding="valid", depth=3)
-    plan, _ = Predictor(model, tile_size=140, device="cpu").plan((300, 300))
+    plan, _ = Predictor(model, tile_size=140, device="cpu", precision="fp32").plan((300, 300))
     for axis in plan.axes:
         assert model.is_valid_input_size(axis.tile_in)
         steps = np.diff(axis.starts)
@@ -75,7 +75,8 @@ def test_valid_net_constant_image_gives_constant_output():
     image must come out constant, across every tile border."""
     torch.manual_seed(0)
     model = UNet(1, 3, depth=2, base_channels=4, padding="valid", up_mode="bilinear").eval()
-    probs = Predictor(model, tile_size=60, device="cpu").predict_proba(np.full((70, 90), 0.7, np.float32))
+    predictor = Predictor(model, tile_size=60, device="cpu", precision="fp32")
+    probs = predictor.predict_proba(np.full((70, 90), 0.7, np.float32))
     assert np.ptp(probs, axis=(1, 2)).max() < 1e-5
 
 
@@ -93,7 +94,8 @@ def test_same_net_blending_of_a_constant_prediction_is_constant():
     image = np.full((1, 75, 90), 0.3, np.float32)
     expected = whole_pass(model, image[:, :64, :64])[:, 0, 0]
     for blend in ("gaussian", "linear", "constant"):
-        probs = Predictor(model, tile_size=32, overlap=0.4, blend=blend, device="cpu").predict_proba(image)
+        predictor = Predictor(model, tile_size=32, overlap=0.4, blend=blend, device="cpu", precision="fp32")
+        probs = predictor.predict_proba(image)
         np.testing.assert_allclose(probs, np.broadcast_to(expected[:, None, None], probs.shape), atol=1e-6)
 
 
@@ -103,8 +105,10 @@ def test_gaussian_blending_leaves_no_seam():
     model = tiny_unet(1, 2, depth=1)
     image = np.random.default_rng(2).random((1, 128, 160), dtype=np.float32)
     whole = whole_pass(model, image)
-    blended = Predictor(model, tile_size=64, overlap=0.5, device="cpu").predict_proba(image)
-    naive = Predictor(model, tile_size=64, overlap=0, blend="constant", device="cpu").predict_proba(image)
+    blended = Predictor(model, tile_size=64, overlap=0.5, device="cpu", precision="fp32").predict_proba(image)
+    naive_predictor = Predictor(model, tile_size=64, overlap=0, blend="constant", device="cpu",
+                                precision="fp32")
+    naive = naive_predictor.predict_proba(image)
     borders = np.zeros(image.shape[1:], bool)
     borders[:, [63, 64, 127, 128]] = True
     borders[[63, 64], :] = True
@@ -114,7 +118,7 @@ def test_gaussian_blending_leaves_no_seam():
 
 def test_3d_valid_tiling_equals_one_pass():
     model = tiny_unet(1, 2, padding="valid", dims=3, depth=1)
-    predictor = Predictor(model, tile_size=(20, 24, 24), device="cpu")
+    predictor = Predictor(model, tile_size=(20, 24, 24), device="cpu", precision="fp32")
     image = np.random.default_rng(3).random((11, 19, 23), dtype=np.float32)
     plan, _ = predictor.plan(image.shape)
     assert all(len(axis.starts) > 1 for axis in plan.axes)
@@ -127,7 +131,7 @@ def test_3d_valid_tiling_equals_one_pass():
 def test_3d_same_tiling_shapes_and_agreement():
     model = tiny_unet(2, 3, dims=3, depth=1)
     image = np.random.default_rng(4).random((2, 20, 40, 36), dtype=np.float32)
-    tiled = Predictor(model, tile_size=16, overlap=0.5, device="cpu").predict_proba(image)
+    tiled = Predictor(model, tile_size=16, overlap=0.5, device="cpu", precision="fp32").predict_proba(image)
     assert tiled.shape == (3, 20, 40, 36)
     np.testing.assert_allclose(tiled.sum(axis=0), 1.0, atol=1e-5)
     assert np.abs(tiled - whole_pass(model, image)).mean() < 0.01

@@ -180,7 +180,7 @@ def test_an_exported_flows_network_predicts_as_the_run(tmp_path):
     exported = predictor_for(out, "torchscript", device="cpu")
     assert exported.target == "flows"
     image = np.random.default_rng(1).random((40, 36), dtype=np.float32)
-    expected = Predictor(model, target="flows", device="cpu").predict_proba(image)
+    expected = Predictor(model, target="flows", device="cpu", precision="fp32").predict_proba(image)
     np.testing.assert_allclose(exported.predict_proba(image), expected, atol=1e-4)
 
 

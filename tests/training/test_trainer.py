@@ -11,9 +11,9 @@ from unetkit.config import TrainConfig, apply_overrides
 from unetkit.data.io import read_label_image
 from unetkit.data.synthetic import write_synthetic_dataset
 from unetkit.metrics import ISBI_THRESHOLDS
+from unetkit.precision import mixed_precision_dtype
 from unetkit.training import Run, Trainer, TrainingDiverged, train
 from unetkit.training.evaluation import evaluate_run
-from unetkit.training.precision import mixed_precision_dtype
 from unetkit.training.state import load_state
 from unetkit.training.trainer import lr_factor
 
@@ -57,8 +57,12 @@ def test_train_writes_run_folder_and_evaluates(cells, tmp_path):
         "classes.json",
         "metrics.csv",
         "curves.png",
+        "precision.json",
     ):
         assert (run.path / name).is_file(), name
+    record = json.loads((run.path / "precision.json").read_text())  # measured on the validation images
+    assert 0.9 < record["bf16_label_agreement"] <= 1.0 and record["images"] == 2  # the 2 validation images
+    assert record["reduced_precision"] == (record["bf16_label_agreement"] >= 0.999)
     assert len(list((run.path / "samples").glob("*.png"))) == 2
     assert [h["epoch"] for h in run.history] == [1, 2, 3, 4, 5, 6]
     assert run.history[-1]["step"] == 6 * 4

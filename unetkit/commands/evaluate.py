@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..data.io import DataError
 from ..instances import INSTANCE_METHODS
+from .inference_options import add_precision_option
 
 SHOWN = (
     "accuracy", "real_accuracy", "frechet", "frechet_floor", "nn_distance", "nn_distance_real", "copies",
@@ -40,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "targets/, or clean images)")
     parser.add_argument("--out", help="report folder (default: RUN/eval-<data folder name>)")
     parser.add_argument("--tta", action="store_true", help="average over flips and 90-degree rotations")
+    add_precision_option(parser)
     parser.add_argument("--no-masks", action="store_true",
                         help="do not write the predicted masks (restoration: the restored images)")
     parser.add_argument("--noise", help="denoising runs on clean images: the noise to add instead of the "
@@ -73,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
             args.data,
             out,
             tta=args.tta,
+            precision=args.precision,
             save_masks=not args.no_masks,
             worst=args.worst,
             metric=args.metric,

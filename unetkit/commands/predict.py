@@ -38,8 +38,10 @@ from ..instances import (
 )
 from ..training.distributed import add_nproc_option
 from ..utils.atomic import atomic_path
+from .inference_options import add_inference_options
 
 if TYPE_CHECKING:
+    from ..inference import Predictor
     from ..training.distributed import Distributed
 
 
@@ -88,8 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              f"(default {InstanceConfig.min_distance})")
     parser.add_argument("--float", action="store_true",
                         help="restoration: write float32 TIFFs instead of the input's dtype")
-    parser.add_argument("--backend", choices=("torch", "onnxruntime", "torchscript"), default="torch",
-                        help="runtime: torch, or the network exported to ONNX Runtime / TorchScript (CPU)")
+    add_inference_options(parser)
     add_nproc_option(parser, "predict, the files shared among the processes,")
     parser.set_defaults(func=run)
 
@@ -210,6 +211,15 @@ def run(args: argparse.Namespace) -> int:
         job.close()
 
 
+def runtime_line(predictor: Predictor) -> str:
+    """What runs the network, in which arithmetic, and how the backend was chosen."""
+    line = f"network: {predictor.backend}, {predictor.precision}, {predictor.device}"
+    choice = predictor.backend_choice
+    if choice is not None and choice.seconds:
+        line += f"; {choice.summary()}"
+    return line
+
+
 def process_device(args: argparse.Namespace, job: Distributed) -> Optional[str]:
     """``--device``, or with several processes on CUDA, this process's GPU (``cuda:LOCAL_RANK``)."""
     import torch
@@ -229,14 +239,24 @@ def predict_files(args: argparse.Namespace, job: Distributed) -> int:
     from ..export import predictor_for
     from ..inference.files import default_classes, streams
 
+    # With several processes, rank 0 measures the fastest backend first; the others read its answer.
+    ordered = job.enabled and args.backend == "auto"
+    if ordered and not job.is_main:
+        job.barrier("rank 0 choosing the backend")
     try:
         predictor = predictor_for(
             args.run, args.backend, tile_size=args.tile_size, overlap=args.overlap, tta=args.tta,
             batch_size=args.batch_size, device=process_device(args, job), progress=job.is_main,
+            precision=args.precision, max_memory=args.max_memory,
         )
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if ordered and job.is_main:
+            job.barrier("rank 0 choosing the backend")
+    if job.is_main:
+        print(runtime_line(predictor), file=sys.stderr)
     out_dir = Path(args.out)
     files, failures = collect_inputs(args.inputs)
     if not job.is_main:  # rank 0 reports the inputs that name no file

@@ -6,8 +6,8 @@ import argparse
 import ipaddress
 import sys
 
-from ..export import BACKENDS
 from ..serve.uploads import MB, Limits
+from .inference_options import add_inference_options
 
 LOOPBACK = "127.0.0.1"
 
@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also answer requests whose Host header is NAME (the name or address clients use; '*.domain' "
         "for its subdomains, '*' for any); repeatable. Default: only the --host address and localhost",
     )
-    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="runtime (default: torch)")
+    add_inference_options(parser, memory=False)
     parser.add_argument("--max-mb", type=float, default=50.0, help="largest upload in MB (default: 50)")
     parser.add_argument(
         "--max-pixels", type=int, default=Limits.max_pixels, help="largest width x height (default: 40M)"
@@ -63,14 +63,15 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     try:
-        predictor = predictor_for(args.run, args.backend, tile_size=args.tile_size)
+        predictor = predictor_for(args.run, args.backend, tile_size=args.tile_size, precision=args.precision)
     except Exception as exc:  # noqa: BLE001 - any failure to load the model is reported, not raised
         print(f"error: cannot load the model from {args.run}: {exc}", file=sys.stderr)
         return 2
     try:
         options = ServeOptions(
             limits=Limits(max_bytes=int(args.max_mb * MB), max_pixels=args.max_pixels),
-            queue_size=args.queue, workers=args.workers, backend=args.backend, read_timeout=args.read_timeout,
+            queue_size=args.queue, workers=args.workers, backend=predictor.backend,
+            read_timeout=args.read_timeout,
             allowed_hosts=(_host_header(args.host), *LOCAL_HOSTS, *args.allow_host),
             max_connections=args.max_connections,
         )

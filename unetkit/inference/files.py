@@ -183,7 +183,7 @@ def _predict_streamed(
     predictor: Predictor, src: Path, dst: Path, prob_path: Optional[Path], channels: Optional[str],
     classes: ClassInfo,
 ) -> PredictionResult:
-    with TiffSource(src) as raw:
+    with TiffSource(src, predictor.segment_cache_bytes()) as raw:
         source = ConvertedSource(raw, channels)
         _checked(predictor, np.empty(source.shape[:1] + (1, 1)), src)
         if predictor.normalize is not None:

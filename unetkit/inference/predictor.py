@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
@@ -19,7 +20,10 @@ from ..activation import (
 )
 from ..checkpoint import load_model
 from ..data.instances import MAP_TARGETS, TARGETS, map_channels, to_data_labels
-from .memory import auto_tile_and_batch
+from ..precision import inference_dtype, precision_name, prediction_precision
+from .agreement import MIN_AGREEMENT, read_agreement
+from .low_precision import LowPrecisionNetwork
+from .memory import auto_tile_and_batch, memory_budget
 from .tiling import BLEND_MODES, ArraySource, RegionSource, blend_tiles, blend_window, plan_tiles
 from .tta import symmetries
 
@@ -41,14 +45,18 @@ class Predictor:
 
     Args:
         model_or_run: a network from :mod:`unetkit.models` or a RUN folder (see :meth:`from_run`).
-        tile_size: input tile edge (one int for every axis, or one per axis); ``None`` picks
-            the largest that fits the memory (:func:`~unetkit.inference.memory.auto_tile_and_batch`).
-            Rounded down to a size the network accepts.
+        tile_size: input tile edge (one int for every axis, or one per axis); ``None`` picks, per
+            image, the tile that computes the fewest voxels within ``max_memory``
+            (:func:`~unetkit.inference.memory.auto_tile_and_batch`). Rounded down to a size the network
+            accepts.
         overlap: same-padding nets only: the overlap of neighbouring tiles, a fraction of the
             tile below 1 (MONAI's convention) or pixels from 1 up; default 0.25. Valid-padding
             nets always use the paper's overlap-tile strategy and need no overlap.
         tta: average the predictions over flips and 90-degree rotations (:mod:`.tta`).
-        batch_size: tiles per forward pass; ``None`` picks from the memory.
+        batch_size: tiles per forward pass; ``None``: 1 on the CPU, as many as fit on a GPU.
+        max_memory: bytes a prediction may hold for activations, tiles and blending buffers (and a
+            streamed TIFF's segment cache); ``None``: 1 GiB or a quarter of the free memory, whichever is
+            less (:func:`~unetkit.inference.memory.memory_budget`).
         device: ``"cpu"``, ``"cuda"``...; default: where the model is (for a RUN folder: CUDA
             when available). The model is moved there.
         normalize: a ``NormalizeConfig`` applied to every image before prediction; ``None``
@@ -76,6 +84,16 @@ class Predictor:
         membrane_class: the class that outlines the objects as a thin network (``data.membrane_class``,
             EM data): objects then take the membrane route
             (:func:`unetkit.instances.default_instance_method`).
+        precision: the arithmetic of the network's forward pass (:func:`unetkit.precision.inference_dtype`):
+            ``"auto"`` (default; for a RUN folder: the precision it was trained with, when that was
+            ``"fp32"`` or ``"bf16"``), ``"fp32"``, ``"bf16"`` or ``"fp16"`` (the network then runs as a
+            copy with its weights in that type: :mod:`~unetkit.inference.low_precision`). Outputs,
+            blending and all that follows stay float32. Exported networks (ONNX Runtime, TorchScript)
+            compute in float32.
+        label_agreement: the measured share of labels the network keeps in bfloat16
+            (:mod:`~unetkit.inference.agreement`; a RUN folder's ``precision.json``): below
+            :data:`~unetkit.inference.agreement.MIN_AGREEMENT`, ``"auto"`` stays float32. ``None``: not
+            measured, the hardware decides.
 
     Arrays go in channel-first: ``(H, W)`` or ``(C, H, W)`` for a 2D network, ``(D, H, W)``
     or ``(C, D, H, W)`` for a 3D one. The network runs in eval mode and is put back in the
@@ -102,6 +120,9 @@ class Predictor:
         scale: Optional[int] = None,
         max_pixels: Optional[int] = None,
         membrane_class: Optional[int] = None,
+        precision: Optional[str] = None,
+        max_memory: Optional[int] = None,
+        label_agreement: Optional[float] = None,
     ) -> None:
         if isinstance(model_or_run, (str, Path)):
             run = Predictor.from_run(model_or_run)
@@ -113,12 +134,16 @@ class Predictor:
             task = run.task if task is None else task
             scale = run.scale if scale is None else scale
             membrane_class = run.membrane_class if membrane_class is None else membrane_class
+            precision = run.precision_setting if precision is None else precision
+            label_agreement = run.label_agreement if label_agreement is None else label_agreement
         if object_diameter is not None and object_diameter <= 0:
             raise ValueError(f"object_diameter must be a positive number of pixels, got {object_diameter}")
         if blend not in BLEND_MODES:
             raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
         if overlap is not None and overlap < 0:
             raise ValueError(f"overlap must be >= 0 (a fraction below 1, or pixels), got {overlap}")
+        if max_memory is not None and max_memory <= 0:
+            raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.device = torch.device(device) if device is not None else model_device(model_or_run)
@@ -128,6 +153,7 @@ class Predictor:
         self.overlap = DEFAULT_OVERLAP if overlap is None else float(overlap)
         self.tta = tta
         self.batch_size = batch_size
+        self.max_memory = max_memory
         self.normalize = normalize
         self.blend = "constant" if self.model.context() > 0 else blend
         self.sigma_scale = sigma_scale
@@ -145,6 +171,12 @@ class Predictor:
         self.scale = int(scale or 1)
         if self.scale < 1 or (self.scale > 1 and self.task != "restoration"):
             raise ValueError(f"scale must be 1, or >= 1 for a restoration network; got {scale}")
+        self.backend_choice = None  # set by backend="auto" (unetkit.inference.backend_choice)
+        self._low_precision: Optional[tuple[tuple, nn.Module]] = None
+        self._low_precision_lock = threading.Lock()
+        self.label_agreement = label_agreement
+        self.precision_setting = precision or "auto"
+        self.compute_dtype = self._compute_dtype(self.precision_setting)
         self._activate = logits_to_probabilities if self.task == "segmentation" else _identity
         if self.target in MAP_TARGETS and self.task == "segmentation":
             self._activate = foreground_and_maps
@@ -155,7 +187,8 @@ class Predictor:
 
         Reads the network (``model.json`` + ``model.safetensors``), ``classes.json`` (the
         ``ClassInfo``) and ``config.json["data"]`` (its ``normalize``, ``object_diameter``, ``target``
-        and ``membrane_class``) when they are there. Keyword arguments go to :class:`Predictor`.
+        and ``membrane_class``), the training precision and ``precision.json`` (the measured
+        ``label_agreement``) when they are there. Keyword arguments go to :class:`Predictor`.
         """
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
@@ -197,9 +230,37 @@ class Predictor:
             kwargs["membrane_class"] = data.get("membrane_class")
         if kwargs.get("task") is None:
             kwargs["task"] = config.get("task")
+        if kwargs.get("precision") is None:
+            kwargs["precision"] = prediction_precision(config.get("precision"))
+        if kwargs.get("label_agreement") is None:
+            kwargs["label_agreement"] = read_agreement(run_dir)
         if kwargs.get("scale") is None and kwargs["task"] == "restoration":
             kwargs["scale"] = config.get("restoration", {}).get("scale")
         return cls(model, **kwargs)
+
+    def _compute_dtype(self, precision: str) -> Optional[torch.dtype]:
+        dtype = inference_dtype(self.device, precision, self.task)
+        measured = self.label_agreement
+        if precision == "auto" and measured is not None and measured < MIN_AGREEMENT:
+            return None
+        if dtype is None or isinstance(self.model, nn.Module):
+            return dtype
+        if precision != "auto":
+            raise ValueError(
+                f"precision {precision!r} needs the torch backend: an exported network "
+                f"({self.model!r}) computes in float32; use --backend torch or --precision fp32"
+            )
+        return None
+
+    @property
+    def backend(self) -> str:
+        """What runs the network: ``"torch"``, ``"onnxruntime"`` or ``"torchscript"``."""
+        return "torch" if isinstance(self.model, nn.Module) else self.model.kind
+
+    @property
+    def precision(self) -> str:
+        """The arithmetic the network runs in: ``"fp32"``, ``"bf16"`` or ``"fp16"``."""
+        return precision_name(self.compute_dtype)
 
     # ----------------------------------------------------------------- shapes
     def _tile_tuple(self, tile_size: TileSize) -> Optional[tuple[int, ...]]:
@@ -331,9 +392,19 @@ class Predictor:
 
     def plan(self, shape: Sequence[int]):
         """The :class:`~unetkit.inference.tiling.TilePlan` and batch size for a spatial ``shape``."""
-        tile, batch = auto_tile_and_batch(self.model, shape, self.device, self.tile_size, self.batch_size)
+        tile, batch = auto_tile_and_batch(
+            self.model, shape, self.device, self.tile_size, self.batch_size, overlap=self.overlap,
+            out_channels=self.output_channels, max_memory=self.max_memory,
+        )
         plan = plan_tiles(self.model, shape, tile, self.overlap)
         return plan, min(batch, len(plan))
+
+    def segment_cache_bytes(self) -> int:
+        """Bytes of decoded input segments a streamed TIFF may cache: a quarter of the memory budget, at
+        most :data:`~unetkit.inference.streaming.SEGMENT_CACHE_BYTES`."""
+        from .streaming import SEGMENT_CACHE_BYTES
+
+        return min(SEGMENT_CACHE_BYTES, memory_budget(self.device, self.max_memory) // 4)
 
     def iter_proba(
         self,
@@ -356,9 +427,11 @@ class Predictor:
 
             bar = tqdm(total=len(plan), unit="tile", leave=False, desc="tiles")
 
+        network = self.prediction_network()
+
         def predict_batch(batch: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
-                return self._forward(batch).mul_(window).cpu().numpy()
+                return self._forward(batch, network).mul_(window).cpu().numpy()
 
         was_training = self.model.training
         self.model.eval()
@@ -372,8 +445,23 @@ class Predictor:
             if bar is not None:
                 bar.close()
 
-    def _forward(self, batch: np.ndarray) -> torch.Tensor:
-        """Probabilities ``(N, K', *out)`` for a tile batch ``(N, C, *in)``, averaged over TTA."""
+    def prediction_network(self) -> Any:
+        """What computes the network's outputs in :attr:`precision`: the model itself in float32 (and
+        for an exported model), else a :class:`~unetkit.inference.low_precision.LowPrecisionNetwork`
+        copy, made again only when the model's weights or statistics have changed since."""
+        if self.compute_dtype is None or not isinstance(self.model, nn.Module):
+            return self.model
+        key = tuple((id(t), t._version) for t in self.model.state_dict(keep_vars=True).values())
+        with self._low_precision_lock:
+            if self._low_precision is None or self._low_precision[0] != key:
+                network = LowPrecisionNetwork(self.model, self.compute_dtype, CHANNELS_LAST[self.dims])
+                self._low_precision = (key, network)
+            return self._low_precision[1]
+
+    def _forward(self, batch: np.ndarray, network: Any = None) -> torch.Tensor:
+        """Probabilities ``(N, K', *out)`` for a tile batch ``(N, C, *in)``, averaged over TTA, computed
+        by ``network`` (default: :meth:`prediction_network`)."""
+        network = network if network is not None else self.prediction_network()
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
             if self.device.type == "cpu":
@@ -381,12 +469,12 @@ class Predictor:
                 # follow the input's layout, so the caller's model is left as it is).
                 x = x.contiguous(memory_format=CHANNELS_LAST[self.dims])
             if not self.tta:
-                return self._activate(self.model(x))
+                return self._activate(network(x))
             total = None
             transforms = symmetries(self.dims)
             vectors = 2 if self.target == "flows" else None
             for sym in transforms:
-                probs = sym.invert(self._activate(self.model(sym.apply(x))), vectors)
+                probs = sym.invert(self._activate(network(sym.apply(x))), vectors)
                 total = probs if total is None else total.add_(probs)
             return total.div_(len(transforms))
 

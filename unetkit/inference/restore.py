@@ -121,7 +121,7 @@ def restore_streamed(predictor: Predictor, src: Path, dst: Path, float_output: b
     not the image. The normalisation comes from a subsample of the image (fixed ranges need none)."""
     from .streaming import TiffSource, rebuffer_bands, write_tiled_tiff
 
-    with TiffSource(src) as source:
+    with TiffSource(src, predictor.segment_cache_bytes()) as source:
         channels, height, width = source.shape
         sample = source.read((0, 0), (1, 1)) if predictor.normalize.mode == "fixed" else source.subsample()
         offset, scale = normalization_params(sample, predictor.normalize)

@@ -31,10 +31,11 @@ class TiffSource:
     """A lazily read 2D TIFF (first page): a ``RegionSource`` of shape ``(C, H, W)``.
 
     Works for tiled and stripped TIFFs, compressed or not, with the samples (channels)
-    stored together (``planarconfig=contig``, the usual case).
+    stored together (``planarconfig=contig``, the usual case). Decoded segments are cached up to
+    ``cache_bytes`` (at least four segments).
     """
 
-    def __init__(self, path: Union[str, Path]) -> None:
+    def __init__(self, path: Union[str, Path], cache_bytes: int = SEGMENT_CACHE_BYTES) -> None:
         import tifffile
 
         self.path = Path(path)
@@ -62,7 +63,7 @@ class TiffSource:
         check_claimed_size(self.path, (*self.segment, channels), self.dtype)  # one segment is decoded whole
         self._per_row = math.ceil(page.imagewidth / self.segment[1])
         segment_bytes = self.segment[0] * self.segment[1] * channels * self.dtype.itemsize
-        self._capacity = max(4, SEGMENT_CACHE_BYTES // max(segment_bytes, 1))
+        self._capacity = max(4, cache_bytes // max(segment_bytes, 1))
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
 
     def close(self) -> None:

@@ -213,7 +213,7 @@ def predict_layer(
     if progress is not None:
         progress(0, total)
     result = LayerPrediction(predictor.task, layout, scale=predictor.scale)
-    with watch_tiles(predictor.model, count, cancel):
+    with watch_tiles(predictor.prediction_network(), count, cancel):
         for number, index in enumerate(np.ndindex(*layout.lead)):
             if cancel is not None and cancel.is_set():
                 raise PredictionCancelled()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -106,6 +106,13 @@ class Task(ABC):
     ) -> None:
         """Anything the task writes after every epoch (``model``: the evaluated network; ``epoch``
         counts from 1)."""
+
+    def end_training(  # noqa: B027 (an optional hook)
+        self, model: nn.Module, config: TrainConfig, data: TaskData, items: Sequence[Any], out: Path,
+        device: torch.device,
+    ) -> Optional[str]:
+        """Anything the task measures and writes once training is over (``model``: the saved, best
+        network; ``items``: the validation items); returns a line for the log, or ``None``."""
 
     def run_files(self, data: TaskData) -> dict[str, dict]:
         """Extra JSON files of the RUN folder (name -> content), e.g. the classes."""

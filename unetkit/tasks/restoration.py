@@ -158,9 +158,11 @@ class RestorationTask(Task):
 
     def predictor(self, model: nn.Module, config: TrainConfig, data: TaskData, device: torch.device) -> Any:
         from ..inference import Predictor
+        from ..precision import prediction_precision
 
         return Predictor(
-            model, device=device, normalize=config.data.normalize, task="restoration", scale=data.scale
+            model, device=device, normalize=config.data.normalize, task="restoration", scale=data.scale,
+            precision=prediction_precision(config.precision),
         )
 
     def validate(self, predictor: Any, items: Sequence[Any], data: TaskData) -> tuple[dict[str, float], list]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from ..data.patches import PatchDataset
 from ..data.samples import find_samples, load_sample, split_samples
 from ..data.weights import BorderWeightConfig
 from ..losses import ForegroundMapLoss, SegmentationLoss
+from ..utils.atomic import atomic_write_json
 from .base import LossFn, Task, TaskData, check_dims, output_loss, patches_per_epoch
 
 CLASSES_FILE = "classes.json"
@@ -115,11 +116,36 @@ class SegmentationTask(Task):
 
     def predictor(self, model: nn.Module, config: TrainConfig, data: TaskData, device: torch.device) -> Any:
         from ..inference import Predictor
+        from ..precision import prediction_precision
 
         return Predictor(
             model, device=device, classes=data.classes,
             object_diameter=config.data.object_diameter, target=config.data.target,
+            precision=prediction_precision(config.precision),
         )
+
+    def end_training(
+        self, model: nn.Module, config: TrainConfig, data: TaskData, items: Sequence[Any], out: Path,
+        device: torch.device,
+    ) -> Optional[str]:
+        """Measure whether the network keeps its labels in bfloat16 on the validation images and record it
+        (:mod:`unetkit.inference.agreement`): ``precision="auto"`` relies on it."""
+        from ..inference import Predictor
+        from ..inference.agreement import AGREEMENT_FILE, MIN_AGREEMENT, agreement_record, label_agreement
+
+        if not items:
+            return None
+
+        def predictor(precision: str) -> Any:
+            return Predictor(model, device=device, classes=data.classes,
+                             object_diameter=config.data.object_diameter, target=config.data.target,
+                             precision=precision)
+
+        agreement = label_agreement(predictor, [item[1] for item in items])
+        atomic_write_json(out / AGREEMENT_FILE, agreement_record(agreement, len(items)))
+        use = "uses reduced precision" if agreement >= MIN_AGREEMENT else "stays float32"
+        return (f"bfloat16 prediction keeps {agreement:.4%} of the validation labels: --precision auto {use} "
+                f"for this run ({AGREEMENT_FILE})")
 
     def validate(self, predictor: Any, items: Sequence[Any], data: TaskData) -> tuple[dict[str, float], list]:
         from ..training.evaluation import score_images, summary_of

@@ -250,6 +250,7 @@ def evaluate_run(
     out_dir: Union[str, Path],
     *,
     tta: bool = False,
+    precision: Optional[str] = None,
     save_masks: bool = True,
     worst: int = 4,
     metric: Optional[str] = None,
@@ -260,6 +261,9 @@ def evaluate_run(
     generation: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """Score a RUN's best model on a dataset folder and write the report (see :func:`write_report`).
+
+    ``precision``: the network's arithmetic (:func:`unetkit.precision.inference_dtype`); ``None``: as the
+    run predicts by default (:func:`unetkit.precision.prediction_precision`).
 
     A generation run draws samples and scores them instead
     (:func:`~unetkit.tasks.generation_eval.evaluate_generation`, with the ``generation`` options:
@@ -280,6 +284,7 @@ def evaluate_run(
     from ..data.samples import load_instances, load_sample, scan_dataset
     from ..inference import Predictor
     from ..instances import instance_config_for
+    from ..precision import prediction_precision
     from .run import Run
 
     run = Run.load(run_dir)
@@ -290,7 +295,7 @@ def evaluate_run(
     if run.task == "restoration":
         from ..tasks.restoration import evaluate_restoration
 
-        predictor = Predictor.from_run(run.path, tta=tta)
+        predictor = Predictor.from_run(run.path, tta=tta, precision=precision)
         return evaluate_restoration(
             run, data_dir, out_dir, predictor=predictor, noise=noise, save_outputs=save_masks, worst=worst,
             progress=progress,
@@ -303,7 +308,8 @@ def evaluate_run(
         if instances or membrane_scores else None
     )
     predictor = Predictor(
-        run.model, classes=run.classes, tta=tta, object_diameter=cfg.object_diameter, target=cfg.target
+        run.model, classes=run.classes, tta=tta, object_diameter=cfg.object_diameter, target=cfg.target,
+        precision=precision or prediction_precision(run.config.precision),
     )
     def item(sample: Any) -> tuple:
         image, truth = load_sample(sample, run.classes, cfg.normalize)

@@ -31,7 +31,7 @@ from ..data.samples import find_samples, load_instances, load_labels
 from ..data.scale import equivalent_diameters, median_object_diameter, scale_factor
 from ..losses import LossConfig
 from ..models import build_model
-from .precision import autocast, mixed_precision_dtype
+from ..precision import autocast, mixed_precision_dtype
 from .target_plan import choose_target, object_crowding
 
 #: Time budget used to size the plan when none is given (the run is then limited by epochs).

@@ -26,13 +26,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..checkpoint import save_model
+from ..checkpoint import load_model, save_model
 from ..config import TrainConfig, monitor_mode, save_config
+from ..precision import autocast, mixed_precision_dtype
 from ..tasks import get_task
 from ..utils.atomic import atomic_write_json
 from .averaging import WeightAverage
 from .distributed import Distributed, has_batch_norm, rank_batches, setup_distributed, use_sync_batch_norm
-from .precision import autocast, mixed_precision_dtype
 from .reporting import save_curves, write_csv
 from .run import CONFIG_FILE, CURVES_FILE, METRICS_FILE, SAMPLES_DIR, Run
 from .state import Progress, has_state, load_state, save_state
@@ -565,6 +565,11 @@ class Trainer:
             if not (self.out / "model.safetensors").is_file():
                 save_model(self.evaluated_model, self.out)
             save_state(self.out, self.model, self.optimizer, self.progress, self.average)
+            note = self.task.end_training(
+                load_model(self.out), self.config, self.data, self.val_items, self.out, self.device
+            )
+            if note:
+                self.log(note)
         self.dist.barrier("waiting for rank 0 to write the RUN folder")
         self.log(
             f"finished ({self.progress.status}) after {self.progress.epoch} epochs, "
