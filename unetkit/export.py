@@ -926,10 +926,10 @@ def onnxruntime_available() -> bool:
 
 def auto_predictor(source: PathLike, **kwargs: Any) -> Any:
     """The predictor of ``backend="auto"``: an exported file runs in its own runtime; a RUN folder or a
-    package runs in PyTorch or ONNX Runtime, whichever
-    :func:`~unetkit.inference.backend_choice.fastest_predictor` finds faster here. ONNX Runtime is a
-    candidate on the CPU only, when it is installed and the precision is not forced to bf16/fp16 (it
-    computes in float32); otherwise PyTorch runs without a measurement."""
+    package runs in PyTorch (in its precision, or float32 if that is faster) or ONNX Runtime, whichever
+    :func:`~unetkit.inference.backend_choice.fastest_predictor` finds faster here. The measurement is
+    made on the CPU only, when ONNX Runtime is installed and the precision is not forced to bf16/fp16
+    (ONNX Runtime computes in float32); otherwise PyTorch runs without one."""
     from .bioimageio_package import is_bioimageio_package
     from .inference.backend_choice import BackendChoice, fastest_predictor
 
@@ -944,5 +944,7 @@ def auto_predictor(source: PathLike, **kwargs: Any) -> Any:
     ):
         torch_predictor.backend_choice = BackendChoice("torch")
         return torch_predictor
-    onnx = {"onnxruntime": lambda: _predictor_for(path, "onnxruntime", **kwargs)}
-    return fastest_predictor(torch_predictor, onnx)
+    others = {"onnxruntime": lambda: _predictor_for(path, "onnxruntime", **kwargs)}
+    if torch_predictor.precision != "fp32":  # reduced precision does not pay for every network
+        others["torch:fp32"] = lambda: _predictor_for(path, "torch", **{**kwargs, "precision": "fp32"})
+    return fastest_predictor(torch_predictor, others)

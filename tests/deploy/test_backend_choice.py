@@ -10,6 +10,7 @@ import torch
 from deploy_helpers import cells_png, make_run, tiny_unet
 
 from unetkit import export
+from unetkit import precision as precision_module
 from unetkit.cli import main
 from unetkit.export import export_run, predictor_for
 from unetkit.inference import Predictor, backend_choice
@@ -101,3 +102,17 @@ def test_predict_reports_what_runs_the_network(tmp_path, capsys):
     assert "is not a memory size" in capsys.readouterr().err
     with pytest.raises(ValueError, match="needs the torch backend"):
         predictor_for(run, "onnxruntime", precision="fp16")
+
+
+def test_auto_also_times_float32_when_the_run_would_compute_in_bfloat16(tmp_path, monkeypatch):
+    """bfloat16 does not pay for every network (a 4-channel one runs faster in float32 here)."""
+    monkeypatch.setattr(precision_module, "native_bfloat16", lambda _device: True)
+    run = make_run(tmp_path / "run", tiny_unet())
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "precision": "auto"}))
+    predictor = predictor_for(run, device="cpu")
+    choice = predictor.backend_choice
+    assert set(choice.seconds) == {"torch", "torch:fp32", "onnxruntime"}
+    assert choice.seconds[choice.backend] == min(choice.seconds.values())
+    assert predictor.precision == ("bf16" if choice.backend == "torch" else "fp32")
+    assert predictor_for(run, device="cpu").backend_choice.cached

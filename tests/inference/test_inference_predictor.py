@@ -11,10 +11,11 @@ from unetkit.data.classes import ClassInfo
 from unetkit.data.normalize import NormalizeConfig, normalize_image
 from unetkit.inference import Predictor
 from unetkit.inference.memory import (
-    MAX_CPU_FEATURE_VOXELS,
+    CPU_SLOWDOWN_CHANNEL_VOXELS,
     TILE_EDGES,
     TILE_OVERHEAD_VOXELS,
     auto_tile_and_batch,
+    plan_work,
     working_set_bytes,
 )
 from unetkit.inference.tiling import plan_tiles
@@ -114,12 +115,12 @@ def test_automatic_tile_and_batch_fit_the_network_and_the_memory_budget():
     tile, batch = auto_tile_and_batch(model, (3000, 3000), cpu)
     assert batch == 1 and model.is_valid_input_size(tile)  # one tile at a time on the CPU
     sizes = {}
-    for budget in (2**30, 160 * 2**20, 64 * 2**20):
+    for budget in (2**30, 256 * 2**20, 128 * 2**20):
         tile, _ = auto_tile_and_batch(model, (3000, 3000), cpu, max_memory=budget)
         plan = plan_tiles(model, (3000, 3000), tile, 0.25)
         assert working_set_bytes(model, (3000, 3000), plan.tile_in, plan.tile_out, 1, 2) <= budget
         sizes[budget] = tile[0]
-    assert sizes[2**30] > sizes[160 * 2**20] > sizes[64 * 2**20]
+    assert sizes[2**30] > sizes[256 * 2**20] > sizes[128 * 2**20]
     predictor = Predictor(model, device="cpu")
     plan, _ = predictor.plan((300, 200))
     assert all(model.is_valid_input_size(a.tile_in) for a in plan.axes)
@@ -129,24 +130,33 @@ def test_automatic_tile_and_batch_fit_the_network_and_the_memory_budget():
         Predictor(model, max_memory=0)
 
 
+@pytest.mark.parametrize("channels", [4, 64])
 @pytest.mark.parametrize("size", [700, 1500, 2048, 5000])
-def test_the_automatic_tile_computes_the_fewest_voxels(size):
-    model = tiny_unet(1, 2, padding="same", depth=2)
-    tile, _ = auto_tile_and_batch(model, (size, size), torch.device("cpu"))
+def test_the_automatic_tile_has_the_least_modelled_work(size, channels):
+    model = UNet(1, 2, depth=2, base_channels=channels, padding="same")
+    cpu = torch.device("cpu")
+    tile, _ = auto_tile_and_batch(model, (size, size), cpu, max_memory=2**40)
     work = {}
     for edge in TILE_EDGES[2]:
         plan = plan_tiles(model, (size, size), (edge, edge), 0.25)
-        work[plan.tile_in] = len(plan) * (plan.tile_in[0] ** 2 + TILE_OVERHEAD_VOXELS[2])
+        work[plan.tile_in] = plan_work(model, plan, cpu)
     assert work[tile] == min(work.values())
 
 
-def test_wide_networks_get_smaller_tiles_on_the_cpu():
-    """Past MAX_CPU_FEATURE_VOXELS of first-level features per tile, the CPU slows down per voxel."""
+def test_the_work_of_a_plan_counts_voxels_slowdown_and_calls():
+    """Wide networks run slower per voxel on big CPU tiles; every tile costs a call."""
     narrow, wide = (UNet(1, 2, depth=2, base_channels=c, padding="same") for c in (16, 64))
+    plan = plan_tiles(narrow, (2000, 2000), (1024, 1024), 0.25)  # 3 x 3 tiles
+    voxels = 1024 * 1024
+    for model in (narrow, wide):
+        slowdown = 1 + model.config.base_channels * voxels / CPU_SLOWDOWN_CHANNEL_VOXELS
+        expected = 9 * (voxels * slowdown + TILE_OVERHEAD_VOXELS[2])
+        assert plan_work(model, plan, torch.device("cpu")) == pytest.approx(expected)
+    assert plan_work(wide, plan, torch.device("cuda")) == 9 * (voxels + TILE_OVERHEAD_VOXELS[2])
     cpu = torch.device("cpu")
-    (narrow_tile, _), (wide_tile, _) = (auto_tile_and_batch(m, (1000, 1000), cpu) for m in (narrow, wide))
-    assert narrow_tile == (1000, 1000)  # the whole image in one tile: no overlap to compute twice
-    assert 64 * wide_tile[0] ** 2 <= MAX_CPU_FEATURE_VOXELS
+    (narrow_tile, _), (wide_tile, _) = (auto_tile_and_batch(m, (2048, 2048), cpu, max_memory=2**40)
+                                        for m in (narrow, wide))
+    assert wide_tile < narrow_tile
 
 
 def test_a_training_model_is_predicted_in_eval_mode_and_left_training():

@@ -1,9 +1,12 @@
 """The fastest backend for a network on this machine, measured once and remembered.
 
-``backend="auto"`` (the default of ``unetkit predict``, ``evaluate`` and ``serve``) runs one batch of
-the predictor's own tile through each backend that can run it here — PyTorch in the precision the
-predictor computes in, and ONNX Runtime (float32, CPU) when it is installed — and keeps the fastest,
-provided it gives the same labels as PyTorch in float32 (restoration: the same image within 1e-3).
+``backend="auto"`` (the default of ``unetkit predict`` and ``serve``) runs one batch of the predictor's
+own tile through each backend that can run it here — PyTorch in the precision the predictor computes
+in (and in float32 when that is reduced: bfloat16 does not pay for every network), and ONNX Runtime
+(float32, CPU) when it is installed — and keeps the fastest,
+provided it gives the same labels as PyTorch in float32 (restoration: the same image within 1e-3;
+PyTorch in the predictor's own precision is exempt: whether that keeps the labels was measured on the
+run's validation images, :mod:`unetkit.inference.agreement`).
 The answer is cached per machine (CPU, threads, library versions), network architecture, tile, batch
 and precision in ``backends.json`` under :func:`cache_dir`, so only the first prediction pays for the
 measurement.
@@ -158,7 +161,9 @@ def measure(candidates: dict[str, Any], reference_predictor, repeats: int = REPE
         for name, forward in forwards.items():
             seconds[name].append(seconds_per_call(forward, batch))
     median = {name: float(np.median(s)) for name, s in seconds.items()}
-    valid = [name for name in candidates if agree[name] >= MIN_AGREEMENT] or ["torch"]
+    # "torch" computes in the precision the run's own measurement allowed (unetkit.inference.agreement);
+    # the other candidates must give PyTorch float32's labels on the probe.
+    valid = [name for name in candidates if name == "torch" or agree[name] >= MIN_AGREEMENT]
     best = min(valid, key=median.__getitem__)
     return BackendChoice(best, median, agree, tuple(batch.shape[2:]), batch.shape[0])
 

@@ -395,6 +395,7 @@ class Predictor:
         tile, batch = auto_tile_and_batch(
             self.model, shape, self.device, self.tile_size, self.batch_size, overlap=self.overlap,
             out_channels=self.output_channels, max_memory=self.max_memory,
+            element_bytes=4 if self.compute_dtype is None else 2,
         )
         plan = plan_tiles(self.model, shape, tile, self.overlap)
         return plan, min(batch, len(plan))
