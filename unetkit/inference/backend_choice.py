@@ -180,7 +180,12 @@ def fastest_predictor(torch_predictor, build: dict[str, Callable[[], Any]]) -> A
         choice.cache_file = str(path)
         winner = torch_predictor if choice.backend == "torch" else build[choice.backend]()
     else:
-        candidates = {"torch": torch_predictor, **{name: make() for name, make in build.items()}}
+        candidates = {"torch": torch_predictor}
+        for name, make in build.items():
+            try:
+                candidates[name] = make()
+            except (OSError, ValueError, RuntimeError):  # e.g. a package without ONNX weights
+                continue
         choice = measure(candidates, torch_predictor)
         choice.cache_file = str(path)
         entries[key] = {**asdict(choice), "cached": True,
