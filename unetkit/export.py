@@ -928,8 +928,8 @@ def auto_predictor(source: PathLike, **kwargs: Any) -> Any:
     """The predictor of ``backend="auto"``: an exported file runs in its own runtime; a RUN folder or a
     package runs in PyTorch (in its precision, or float32 if that is faster) or ONNX Runtime, whichever
     :func:`~unetkit.inference.backend_choice.fastest_predictor` finds faster here. The measurement is
-    made on the CPU only, when ONNX Runtime is installed and the precision is not forced to bf16/fp16
-    (ONNX Runtime computes in float32); otherwise PyTorch runs without one."""
+    made on the CPU only, when ONNX Runtime is installed, the precision is not forced to bf16/fp16 (ONNX
+    Runtime computes in float32) and ``compiled`` is not asked for; otherwise PyTorch runs without one."""
     from .bioimageio_package import is_bioimageio_package
     from .inference.backend_choice import BackendChoice, fastest_predictor
 
@@ -940,6 +940,7 @@ def auto_predictor(source: PathLike, **kwargs: Any) -> Any:
     if (
         torch_predictor.device.type != "cpu"
         or torch_predictor.precision_setting in ("bf16", "fp16")
+        or torch_predictor.compiled
         or not onnxruntime_available()
     ):
         torch_predictor.backend_choice = BackendChoice("torch")

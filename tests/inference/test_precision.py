@@ -129,3 +129,15 @@ def test_label_agreement_counts_the_pixels_that_keep_their_label(one_thread):
     labels = [(make("fp32").predict(i), make("bf16").predict(i)) for i in images]
     expected = sum(int((a == b).sum()) for a, b in labels) / (2 * 96 * 96)
     assert share == expected and 0.999 <= share <= 1.0
+
+
+def test_a_compiled_network_predicts_as_the_eager_one(tmp_path, one_thread):
+    model = tiny_unet()
+    image = np.random.default_rng(3).random((40, 50), dtype=np.float32)
+    eager = Predictor(model, tile_size=32, precision="fp32").predict_proba(image)
+    compiled = Predictor(model, tile_size=32, precision="fp32", compiled=True)
+    np.testing.assert_allclose(compiled.predict_proba(image), eager, atol=1e-5)
+    assert compiled.prediction_network() is compiled.prediction_network()  # compiled once
+    onnx = export_run(make_run(tmp_path, model, ClassInfo.binary()), "onnx", tmp_path / "net.onnx")
+    with pytest.raises(ValueError, match="compiled needs the torch backend"):
+        predictor_for(onnx, "onnxruntime", compiled=True)

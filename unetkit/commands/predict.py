@@ -247,7 +247,7 @@ def predict_files(args: argparse.Namespace, job: Distributed) -> int:
         predictor = predictor_for(
             args.run, args.backend, tile_size=args.tile_size, overlap=args.overlap, tta=args.tta,
             batch_size=args.batch_size, device=process_device(args, job), progress=job.is_main,
-            precision=args.precision, max_memory=args.max_memory,
+            precision=args.precision, max_memory=args.max_memory, compiled=args.compile,
         )
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     try:
-        predictor = predictor_for(args.run, args.backend, tile_size=args.tile_size, precision=args.precision)
+        predictor = predictor_for(
+            args.run, args.backend, tile_size=args.tile_size, precision=args.precision, compiled=args.compile
+        )
     except Exception as exc:  # noqa: BLE001 - any failure to load the model is reported, not raised
         print(f"error: cannot load the model from {args.run}: {exc}", file=sys.stderr)
         return 2

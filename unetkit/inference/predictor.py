@@ -94,6 +94,9 @@ class Predictor:
             (:mod:`~unetkit.inference.agreement`; a RUN folder's ``precision.json``): below
             :data:`~unetkit.inference.agreement.MIN_AGREEMENT`, ``"auto"`` stays float32. ``None``: not
             measured, the hardware decides.
+        compiled: run the network through ``torch.compile`` (PyTorch networks only): the first tiles
+            wait for the compilation (10-40 s on a 2-core CPU), then it is 1.3-1.7x faster there
+            (BENCHMARKS.md, issue 16); pays for big images and many files.
 
     Arrays go in channel-first: ``(H, W)`` or ``(C, H, W)`` for a 2D network, ``(D, H, W)``
     or ``(C, D, H, W)`` for a 3D one. The network runs in eval mode and is put back in the
@@ -123,6 +126,7 @@ class Predictor:
         precision: Optional[str] = None,
         max_memory: Optional[int] = None,
         label_agreement: Optional[float] = None,
+        compiled: bool = False,
     ) -> None:
         if isinstance(model_or_run, (str, Path)):
             run = Predictor.from_run(model_or_run)
@@ -172,9 +176,12 @@ class Predictor:
         if self.scale < 1 or (self.scale > 1 and self.task != "restoration"):
             raise ValueError(f"scale must be 1, or >= 1 for a restoration network; got {scale}")
         self.backend_choice = None  # set by backend="auto" (unetkit.inference.backend_choice)
-        self._low_precision: Optional[tuple[tuple, nn.Module]] = None
-        self._low_precision_lock = threading.Lock()
+        self._network: Optional[tuple[tuple, nn.Module]] = None
+        self._network_lock = threading.Lock()
         self.label_agreement = label_agreement
+        if compiled and not isinstance(self.model, nn.Module):
+            raise ValueError(f"compiled needs the torch backend: {self.model!r} is an exported network")
+        self.compiled = compiled
         self.precision_setting = precision or "auto"
         self.compute_dtype = self._compute_dtype(self.precision_setting)
         self._activate = logits_to_probabilities if self.task == "segmentation" else _identity
@@ -449,15 +456,20 @@ class Predictor:
     def prediction_network(self) -> Any:
         """What computes the network's outputs in :attr:`precision`: the model itself in float32 (and
         for an exported model), else a :class:`~unetkit.inference.low_precision.LowPrecisionNetwork`
-        copy, made again only when the model's weights or statistics have changed since."""
-        if self.compute_dtype is None or not isinstance(self.model, nn.Module):
+        copy; with ``compiled``, that network through ``torch.compile``. Made again only when the
+        model's weights or statistics have changed since."""
+        if not isinstance(self.model, nn.Module) or (self.compute_dtype is None and not self.compiled):
             return self.model
         key = tuple((id(t), t._version) for t in self.model.state_dict(keep_vars=True).values())
-        with self._low_precision_lock:
-            if self._low_precision is None or self._low_precision[0] != key:
-                network = LowPrecisionNetwork(self.model, self.compute_dtype, CHANNELS_LAST[self.dims])
-                self._low_precision = (key, network)
-            return self._low_precision[1]
+        with self._network_lock:
+            if self._network is None or self._network[0] != key:
+                network = self.model
+                if self.compute_dtype is not None:
+                    network = LowPrecisionNetwork(self.model, self.compute_dtype, CHANNELS_LAST[self.dims])
+                if self.compiled:
+                    network = torch.compile(network)
+                self._network = (key, network)
+            return self._network[1]
 
     def _forward(self, batch: np.ndarray, network: Any = None) -> torch.Tensor:
         """Probabilities ``(N, K', *out)`` for a tile batch ``(N, C, *in)``, averaged over TTA, computed
