@@ -248,7 +248,8 @@ def test_unetkit_predict_runs_the_package_as_the_run(packages, tmp_path, backend
     run, package = packages["three_class"]
     image = tmp_path / "cells.png"
     Image.fromarray(cells((100, 90), seed=7).astype(np.uint8)).save(image)
-    assert main(["predict", str(run), str(image), "--out", str(tmp_path / "run"), "--device", "cpu"]) == 0
+    assert main(["predict", str(run), str(image), "--out", str(tmp_path / "run"), "--device", "cpu",
+                 "--backend", "torch"]) == 0
     assert main(["predict", str(package), str(image), "--out", str(tmp_path / "package"), "--device", "cpu",
                  "--backend", backend]) == 0
     from_run = np.asarray(Image.open(tmp_path / "run" / "cells.png"))

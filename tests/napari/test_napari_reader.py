@@ -26,7 +26,8 @@ def predicted(tmp_path, segmentation_run):
         Image.fromarray(images[stem]).save(tmp_path / f"{stem}.png")
     out = tmp_path / "out"
     code = main(["predict", str(segmentation_run), str(tmp_path / "a.png"), str(tmp_path / "b.png"),
-                 "--out", str(out), "--save-probabilities", "--instances", "--device", "cpu"])
+                 "--out", str(out), "--save-probabilities", "--instances", "--device", "cpu",
+                 "--backend", "torch"])  # the runtime the test's own Predictor uses
     assert code == 0
     return out, images
 

@@ -67,12 +67,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="replace existing outputs (default: keep them)")
     parser.add_argument("--channels", choices=("gray", "rgb"),
                         help="convert images to 1 (gray) or 3 (rgb) channels to match the model")
-    parser.add_argument("--tile-size", type=int, help="input tile edge in pixels (default: from memory)")
+    parser.add_argument("--tile-size", type=int,
+                        help="input tile edge in pixels (default: the fastest within --max-memory)")
     parser.add_argument("--overlap", type=float,
                         help="same-padding nets: tile overlap, a fraction (<1) or pixels (default 0.25)")
     parser.add_argument("--tta", action="store_true",
                         help="test-time augmentation: flips and 90-degree turns")
-    parser.add_argument("--batch-size", type=int, help="tiles per forward pass (default: from memory)")
+    parser.add_argument("--batch-size", type=int,
+                        help="tiles per forward pass (default: 1 on the CPU, as many as fit on a GPU)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
     parser.add_argument("--instances", action="store_true",
                         help="also separate objects: DIR/<stem>_instances.tif, DIR/<stem>_objects.csv and "

@@ -45,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--read-timeout", type=float, default=60.0,
         help="seconds an upload may take to arrive, else 408 (default: 60)",
     )
-    parser.add_argument("--tile-size", type=int, default=None, help="tile edge (default: from the memory)")
+    parser.add_argument("--tile-size", type=int, default=None,
+                        help="tile edge (default: chosen for speed within the memory budget)")
     parser.set_defaults(func=run)
 
 

@@ -42,7 +42,8 @@ def load_predictor(
 ) -> Predictor:
     """The Predictor of a RUN folder (torch) or of a file of ``unetkit export`` (``.onnx``: ONNX
     Runtime, ``.torchscript.pt``: TorchScript, ``.zip``: a bioimage.io package); ``tile_size`` ``None``:
-    from the memory."""
+    chosen for speed within the memory budget. A RUN folder runs in PyTorch, in the run's precision, so
+    that the progress follows its tiles."""
     from ..export import predictor_for
 
     path = Path(source)
