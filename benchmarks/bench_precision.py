@@ -23,18 +23,8 @@ import torch
 
 from unetkit.data.samples import load_sample, scan_dataset
 from unetkit.inference import Predictor
+from unetkit.metrics import segmentation_metrics
 from unetkit.training.run import Run
-
-
-def dice(labels: np.ndarray, truth: np.ndarray, classes: int) -> float:
-    """Mean Dice over the classes present in either (labels outside the classes: ignored pixels)."""
-    valid = truth < classes
-    scores = []
-    for k in range(classes):
-        a, b = (labels == k) & valid, (truth == k) & valid
-        if a.any() or b.any():
-            scores.append(2 * (a & b).sum() / (a.sum() + b.sum()))
-    return float(np.mean(scores))
 
 
 def measure(name: str, run_dir: str, data_dir: str, precisions: list[str], limit: int) -> list[tuple]:
@@ -67,7 +57,9 @@ def measure(name: str, run_dir: str, data_dir: str, precisions: list[str], limit
         per_image = [float((a == b).mean()) for a, b in zip(res["labels"], ref["labels"])]
         max_diff = max(float(np.abs(a[: p.num_classes] - b[: p.num_classes]).max())
                        for a, b in zip(res["probs"], ref["probs"]))
-        scores = [dice(lab, truth, classes) for lab, (_, truth) in zip(res["labels"], items)]
+        scores = [segmentation_metrics(lab, truth, classes, ignore_index=run.classes.ignore_index,
+                                       boundary_metrics=False)["mean_dice"]
+                  for lab, (_, truth) in zip(res["labels"], items)]
         mean_dice = float(np.mean(scores))
         rows.append((name, precision, len(items), 1 - differ / pixels, min(per_image), max_diff, mean_dice,
                      res["seconds"]))

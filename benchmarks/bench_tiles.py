@@ -14,7 +14,6 @@ pooling grid for the paper net) per second, which is what a prediction of a big 
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import sys
 import time
@@ -22,6 +21,7 @@ import time
 import numpy as np
 import torch
 
+from unetkit.export import ExportedModel, _onnx_session, build_contract, onnx_bytes
 from unetkit.inference.low_precision import LowPrecisionNetwork
 from unetkit.inference.tiling import grid_step
 from unetkit.models import UNet
@@ -29,17 +29,10 @@ from unetkit.models import UNet
 TILES = {"tutorial": [256, 384, 512, 768, 1024], "paper": [380, 572, 764, 1020]}
 
 
-def onnx_session(model: torch.nn.Module, tile: int):
-    import onnxruntime
-
-    buffer = io.BytesIO()
-    x = torch.zeros(1, model.in_channels, tile, tile)
-    torch.onnx.export(model, (x,), buffer, input_names=["x"], output_names=["y"], dynamo=False,
-                      dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "y": {0: "n", 2: "h", 3: "w"}})
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-    return lambda batch: session.run(None, {"x": batch.numpy()})[0]
+def onnx_runner(model: torch.nn.Module):
+    """The network as unetkit runs it in ONNX Runtime (exported in memory, the predictor's session)."""
+    contract = build_contract(model)
+    return ExportedModel("onnxruntime", "bench", contract, _onnx_session(onnx_bytes(model, contract)))
 
 
 def torch_runner(model: torch.nn.Module, precision: str):
@@ -104,7 +97,7 @@ def main() -> None:
                 for backend in args.backends:
                     kind, precision = backend.split("-")
                     if kind == "onnxruntime":
-                        run = onnx_session(model, valid)
+                        run = onnx_runner(model)
                     else:
                         run = torch_runner(model, precision)
                     seconds = best_time(run, batch, args.repeats)

@@ -31,41 +31,35 @@ def native_bfloat16(device: torch.device) -> bool:
     return False
 
 
+def hardware_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """The reduced type ``device`` computes fastest: bfloat16 where :func:`native_bfloat16`, float16 on
+    CUDA GPUs without bfloat16, ``None`` (float32) elsewhere."""
+    if native_bfloat16(device):
+        return torch.bfloat16
+    return torch.float16 if device.type == "cuda" else None
+
+
 def mixed_precision_dtype(device: torch.device, precision: str) -> Optional[torch.dtype]:
     """The autocast dtype of a training step for ``precision`` (``"auto"``, ``"fp32"``, ``"bf16"``) on
-    ``device``; ``None``: train in float32.
-
-    ``"auto"``: bfloat16 where :func:`native_bfloat16`, float16 (with loss scaling) on older GPUs,
-    float32 elsewhere.
-    """
-    if precision == "fp32":
-        return None
-    if device.type == "cuda":
-        if precision == "bf16" or native_bfloat16(device):
-            return torch.bfloat16
-        return torch.float16
-    return torch.bfloat16 if precision == "bf16" or native_bfloat16(device) else None
+    ``device``; ``None``: train in float32. ``"auto"``: :func:`hardware_dtype` (float16 with loss scaling
+    on older GPUs)."""
+    return hardware_dtype(device) if precision == "auto" else DTYPES[precision]
 
 
 def inference_dtype(
     device: torch.device, precision: str, task: str = "segmentation"
 ) -> Optional[torch.dtype]:
-    """The autocast dtype of a prediction for ``precision`` (one of :data:`INFERENCE_PRECISIONS`) on
+    """The type a prediction computes in for ``precision`` (one of :data:`INFERENCE_PRECISIONS`) on
     ``device``; ``None``: float32.
 
-    ``"auto"``, for a task of :data:`REDUCED_PRECISION_TASKS`: bfloat16 where :func:`native_bfloat16`,
-    float16 on CUDA GPUs without bfloat16, float32 elsewhere; for other tasks float32. ``"bf16"`` and
-    ``"fp16"`` are what they say, even where emulated (slow, but the same numbers).
+    ``"auto"``: :func:`hardware_dtype` for a task of :data:`REDUCED_PRECISION_TASKS`, float32 for other
+    tasks. ``"bf16"`` and ``"fp16"`` are what they say, even where emulated (slow, but the same numbers).
     """
     if precision not in INFERENCE_PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return DTYPES[precision]
-    if task not in REDUCED_PRECISION_TASKS:
-        return None
-    if native_bfloat16(device):
-        return torch.bfloat16
-    return torch.float16 if device.type == "cuda" else None
+    return hardware_dtype(device) if task in REDUCED_PRECISION_TASKS else None
 
 
 def prediction_precision(trained: Optional[str]) -> str:
@@ -75,8 +69,8 @@ def prediction_precision(trained: Optional[str]) -> str:
 
 
 def precision_name(dtype: Optional[torch.dtype]) -> str:
-    """``"fp32"``, ``"bf16"`` or ``"fp16"`` for an autocast dtype (``None``: float32)."""
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    """``"fp32"``, ``"bf16"`` or ``"fp16"`` for a dtype of :data:`DTYPES` (``None``: float32)."""
+    return {value: name for name, value in DTYPES.items()}[dtype]
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> torch.autocast:

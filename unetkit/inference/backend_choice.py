@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from ..activation import probabilities_to_labels
 from ..utils.atomic import atomic_write_json
 
 CACHE_ENV = "UNETKIT_CACHE_DIR"
@@ -128,22 +129,21 @@ def seconds_per_call(forward: Callable[[np.ndarray], torch.Tensor], batch: np.nd
     return time.perf_counter() - start
 
 
-def agreement(predictor, output: np.ndarray, reference: np.ndarray) -> float:
+def agreement(predictor, output: torch.Tensor, reference: torch.Tensor) -> float:
     """Share of identical labels (segmentation) or 1/0 for an image within ``MAX_IMAGE_DIFFERENCE``."""
     if predictor.task != "segmentation":
-        return float(np.abs(output - reference).max() <= MAX_IMAGE_DIFFERENCE)
+        return float((output - reference).abs().max() <= MAX_IMAGE_DIFFERENCE)
     classes = min(predictor.num_classes, output.shape[1])
-    if classes == 1:
-        return float(np.mean((output[:, 0] > 0.5) == (reference[:, 0] > 0.5)))
-    return float(np.mean(output[:, :classes].argmax(1) == reference[:, :classes].argmax(1)))
+    labels = probabilities_to_labels(output[:, :classes])
+    return float((labels == probabilities_to_labels(reference[:, :classes])).float().mean())
 
 
-def float32_reference(predictor, batch: np.ndarray) -> np.ndarray:
+def float32_reference(predictor, batch: np.ndarray) -> torch.Tensor:
     """The PyTorch predictor's outputs for ``batch`` computed in float32, whatever its precision."""
     was_training = predictor.model.training
     predictor.model.eval()
     try:
-        return predictor._forward(batch, predictor.model).cpu().numpy()
+        return predictor._forward(batch, predictor.model).cpu()
     finally:
         predictor.model.train(was_training)
 
@@ -156,7 +156,7 @@ def measure(candidates: dict[str, Any], reference_predictor, repeats: int = REPE
     agree = {}
     forwards = {name: partial(p._forward, network=p.prediction_network()) for name, p in candidates.items()}
     for name, predictor in candidates.items():  # also the warm-up: first-call allocations, kernel choices
-        agree[name] = agreement(predictor, forwards[name](batch).cpu().numpy(), reference)
+        agree[name] = agreement(predictor, forwards[name](batch).cpu(), reference)
     for _ in range(repeats):  # interleaved, so that each sees the same load on a shared machine
         for name, forward in forwards.items():
             seconds[name].append(seconds_per_call(forward, batch))

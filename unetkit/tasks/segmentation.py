@@ -114,14 +114,18 @@ class SegmentationTask(Task):
     def validation_items(self, config: TrainConfig, data: TaskData) -> list[Any]:
         return [(s.name, *load_sample(s, data.classes, config.data.normalize)) for s in data.val]
 
-    def predictor(self, model: nn.Module, config: TrainConfig, data: TaskData, device: torch.device) -> Any:
+    def predictor(
+        self, model: nn.Module, config: TrainConfig, data: TaskData, device: torch.device,
+        precision: Optional[str] = None,
+    ) -> Any:
+        """The validating Predictor, in the run's prediction precision unless ``precision`` is given."""
         from ..inference import Predictor
         from ..precision import prediction_precision
 
         return Predictor(
             model, device=device, classes=data.classes,
             object_diameter=config.data.object_diameter, target=config.data.target,
-            precision=prediction_precision(config.precision),
+            precision=precision or prediction_precision(config.precision),
         )
 
     def end_training(
@@ -130,16 +134,12 @@ class SegmentationTask(Task):
     ) -> Optional[str]:
         """Measure whether the network keeps its labels in bfloat16 on the validation images and record it
         (:mod:`unetkit.inference.agreement`): ``precision="auto"`` relies on it."""
-        from ..inference import Predictor
         from ..inference.agreement import AGREEMENT_FILE, MIN_AGREEMENT, agreement_record, label_agreement
 
         if not items:
             return None
-
         def predictor(precision: str) -> Any:
-            return Predictor(model, device=device, classes=data.classes,
-                             object_diameter=config.data.object_diameter, target=config.data.target,
-                             precision=precision)
+            return self.predictor(model, config, data, device, precision)
 
         agreement = label_agreement(predictor, [item[1] for item in items])
         atomic_write_json(out / AGREEMENT_FILE, agreement_record(agreement, len(items)))

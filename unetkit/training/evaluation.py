@@ -283,6 +283,7 @@ def evaluate_run(
     from ..data.io import DataError, failure_message
     from ..data.samples import load_instances, load_sample, scan_dataset
     from ..inference import Predictor
+    from ..inference.agreement import read_agreement
     from ..instances import instance_config_for
     from ..precision import prediction_precision
     from .run import Run
@@ -310,6 +311,7 @@ def evaluate_run(
     predictor = Predictor(
         run.model, classes=run.classes, tta=tta, object_diameter=cfg.object_diameter, target=cfg.target,
         precision=precision or prediction_precision(run.config.precision),
+        label_agreement=read_agreement(run.path),
     )
     def item(sample: Any) -> tuple:
         image, truth = load_sample(sample, run.classes, cfg.normalize)
