@@ -2,21 +2,23 @@
 
 Each run is what a user types, ``unetkit train DATA [--val VAL] --task ... --out RUN --max-minutes M``:
 
-- ``denoise_s25``: clean BSD images, ``--noise gaussian:25`` (validated on Set12);
-- ``denoise_blind``: ``--noise gaussian:0-55`` (one blind model for sigma 15 and 50);
+- ``denoise_s15``, ``denoise_s25``, ``denoise_s50``: clean BSD images, ``--noise gaussian:S`` (validated on
+  Set12), one model per noise level;
+- ``denoise_blind``: ``--noise gaussian:0-55`` (one blind model for every level);
 - ``n2v_s25``: Noise2Void (``--self-supervised``) on the same BSD images with sigma-25 noise added
   once (it never sees a clean image; validated by its blind-spot loss on held-out noisy images);
-  ``n2v_s25_mask2pct`` the same with 2 % of the pixels masked instead of the paper's 0.2 %;
+  ``n2v_s25_mask2pct`` names the plan's 2 % of masked pixels explicitly (the paper masks 0.2 %);
 - ``sr_x2``, ``sr_x4``: ``--task super-resolve --scale 2|4`` (validated on Set14).
 
 The last 32 BSD400 images (``test_369``..``test_400``) are held out of training and validation:
-every model is also scored on them ("never seen"). Scores come from ``unetkit evaluate RUN PAIRS``
-on pairs made by :mod:`restoration_sets` (noise seeded per image, not clipped; super-resolution
-inputs bicubic-downscaled and rounded to 8 bits, scored on Y with a border of ``scale`` px), next to
-the baselines of ``bench_restoration_baselines.py`` (noisy input, BM3D, bicubic) and published figures.
+every model is also scored on them ("never seen"). Scores come from ``unetkit evaluate RUN PAIRS``, and
+with ``--tta`` (the self-ensemble over flips and 90-degree rotations), on pairs made by
+:mod:`restoration_sets` (noise seeded per image, not clipped; super-resolution inputs bicubic-downscaled
+and rounded to 8 bits, scored on Y with a border of ``scale`` px), next to the baselines of
+``bench_restoration_baselines.py`` (noisy input, BM3D, bicubic) and published figures.
 
-    python benchmarks/bench_restoration.py --runs denoise_s25 sr_x2 --threads 1 --minutes 20 &
-    python benchmarks/bench_restoration.py --runs denoise_blind sr_x4 n2v_s25 --threads 1 --minutes 20
+    python benchmarks/bench_restoration.py --runs denoise_s25 denoise_s50 --threads 1 --minutes 20 &
+    python benchmarks/bench_restoration.py --runs denoise_s15 n2v_s25 --threads 1 --minutes 20
     python benchmarks/bench_restoration.py --table
 """
 
@@ -42,6 +44,8 @@ SCALES = (2, 4)
 #: run name -> (training folder key, validation folder, unetkit train options)
 RUNS = {
     "denoise_s25": ("clean", DATA / "set12", ["--task", "denoise", "--noise", "gaussian:25"]),
+    "denoise_s15": ("clean", DATA / "set12", ["--task", "denoise", "--noise", "gaussian:15"]),
+    "denoise_s50": ("clean", DATA / "set12", ["--task", "denoise", "--noise", "gaussian:50"]),
     "denoise_blind": ("clean", DATA / "set12", ["--task", "denoise", "--noise", "gaussian:0-55"]),
     "n2v_s25": ("noisy", None, ["--task", "denoise", "--self-supervised"]),
     "n2v_s25_mask2pct": (
@@ -120,10 +124,13 @@ def pair_sets() -> dict[str, Path]:
     return sets
 
 
-def score(run: Path, pairs: Path) -> dict:
-    report = run / f"eval-{pairs.name}"
+def score(run: Path, pairs: Path, tta: bool = False) -> dict:
+    """``unetkit evaluate RUN PAIRS`` (``--tta``: the mean over the 8 flips and 90-degree rotations,
+    the literature's self-ensemble), cached in the run folder."""
+    report = run / f"eval-{pairs.name}{'-tta' if tta else ''}"
     if not (report / "summary.json").is_file():
-        unetkit("evaluate", str(run), str(pairs), "--out", str(report), "--no-masks")
+        tta_option = ["--tta"] if tta else []
+        unetkit("evaluate", str(run), str(pairs), "--out", str(report), "--no-masks", *tta_option)
     return json.loads((report / "summary.json").read_text())
 
 
@@ -133,8 +140,9 @@ def table() -> str:
     baselines = json.loads(path.read_text()) if path.is_file() else {}
     bm3d = {int(d["sigma"]): d["mean"]["bm3d_psnr"] for d in baselines.get("denoising", [])}
     runs = {name: OUT / "runs" / name for name in RUNS if finished(OUT / "runs" / name)}
-    lines = ["| task | level | scored on | input | baseline | unetkit | model | published (BSD68 / Set14) |",
-             "|---|---|---|---:|---:|---:|---|---|"]
+    lines = ["| task | level | scored on | input | baseline | unetkit | unetkit --tta | model | "
+             "published (BSD68 / Set14) |",
+             "|---|---|---|---:|---:|---:|---:|---|---|"]
     for sigma in SIGMAS:
         models = [
             m for m in (f"denoise_s{sigma}", "denoise_blind", f"n2v_s{sigma}", f"n2v_s{sigma}_mask2pct")
@@ -143,23 +151,24 @@ def table() -> str:
         for where in (f"set12_s{sigma}", f"bsdtest_s{sigma}"):
             base = bm3d.get(sigma) if where.startswith("set12") else None
             for model in models:
-                s = score(runs[model], sets[where])
+                s, t = score(runs[model], sets[where]), score(runs[model], sets[where], tta=True)
                 pub = ", ".join(f"{k} {v}" for k, v in PUBLISHED["denoise"][sigma].items())
                 lines.append(
                     f"| denoise | sigma {sigma} | {where} | {s['psnr_input']:.2f} | "
                     f"{'BM3D ' + format(base, '.2f') if base else '-'} | **{s['psnr']:.2f}** "
-                    f"(SSIM {s['ssim']:.3f}) | {model} | {pub} |"
+                    f"(SSIM {s['ssim']:.3f}) | {t['psnr']:.2f} ({t['ssim']:.3f}) | {model} | {pub} |"
                 )
     for scale in SCALES:
         model = f"sr_x{scale}"
         if model not in runs:
             continue
         for where in (f"set14_x{scale}", f"bsdtest_x{scale}"):
-            s = score(runs[model], sets[where])
+            s, t = score(runs[model], sets[where]), score(runs[model], sets[where], tta=True)
             pub = ", ".join(f"{k} {v}" for k, v in PUBLISHED["sr"][scale].items())
             lines.append(
                 f"| super-resolution | x{scale} | {where} | - | bicubic {s['psnr_input']:.2f} | "
-                f"**{s['psnr']:.2f}** (SSIM {s['ssim']:.3f}) | {model} | {pub} |"
+                f"**{s['psnr']:.2f}** (SSIM {s['ssim']:.3f}) | {t['psnr']:.2f} ({t['ssim']:.3f}) | {model} | "
+                f"{pub} |"
             )
     return "\n".join(lines)
 

@@ -9,7 +9,7 @@ from skimage.draw import disk
 from unetkit.cli import main
 from unetkit.data.synthetic import write_synthetic_dataset
 from unetkit.training.planner import Machine, plan_training
-from unetkit.training.target_plan import CROWDED_TARGET, choose_target, object_crowding
+from unetkit.training.target_plan import CROWDED_TARGET, DENSE_TARGET, choose_target, object_crowding
 
 CPU = Machine("cpu", cpus=2, memory_gb=8.0)
 BINARY = ["background", "foreground"]
@@ -40,8 +40,10 @@ def test_object_crowding_counts_touching_objects_and_the_size_spread():
 
 
 def test_choose_target_rules():
-    assert choose_target([(0.5, 1.5), (0.3, 2.0)], BINARY)[0] == CROWDED_TARGET
+    assert choose_target([(0.5, 1.5), (0.3, 2.0)], BINARY)[0] == CROWDED_TARGET == "three_class"
     assert choose_target([(0.1, 4.0)], BINARY)[0] == CROWDED_TARGET  # some touch, sizes vary a lot
+    target, why = choose_target([(0.9, 1.5), (0.6, 2.0)], BINARY)  # most touch
+    assert target == DENSE_TARGET == "flows" and "75% of the objects touch" in why
     target, why = choose_target([(0.1, 1.5)], BINARY)
     assert target == "semantic" and "10% of the objects touch" in why
     assert choose_target([(0.9, 1.0)], ["a", "b", "c"])[0] == "semantic"

@@ -3,7 +3,8 @@
 Objects that rarely touch come apart from a foreground map (connected components or a distance
 watershed), so the masks' classes are learnt as they are (``"semantic"``). Where many objects touch
 another, or some do and their sizes vary too much for one watershed seed distance, the network
-learns a target that keeps touching objects apart (:data:`CROWDED_TARGET`).
+learns a target that keeps touching objects apart: the interior/border classes
+(:data:`CROWDED_TARGET`), or, where most objects touch, the flows (:data:`DENSE_TARGET`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,16 @@ import numpy as np
 from ..data.instances import touching_pixels
 from ..data.scale import equivalent_diameters
 
-#: The target for crowded objects: on the synthetic crowded cells (BENCHMARKS.md, issue 15) the flows
-#: target beat the three-class target on every object score for the same number of training steps.
-CROWDED_TARGET = "flows"
-#: Objects are crowded when, in the median image, at least this fraction of them touch another.
+#: The target for crowded objects: on dsb2018's nuclei (27 % touch another in the median image) the
+#: three-class target beat the flows in two 20-minute comparisons (BENCHMARKS.md, issue 15).
+CROWDED_TARGET = "three_class"
+#: The target where most objects touch: on the synthetic crowded cells (85 % touch) the flows beat the
+#: three-class target on every object score for the same number of training steps.
+DENSE_TARGET = "flows"
+#: Objects are crowded when, in the median image, at least this fraction of them touch another ...
 CROWDED_TOUCHING = 0.2
+#: ... and dense from this fraction on (between the two measured datasets, 27 % and 85 %).
+DENSE_TOUCHING = 0.5
 #: ... or when at least SOME_TOUCHING do and their diameters spread more than SIZE_SPREAD (90th over
 #: 10th percentile within an image): no single watershed seed distance suits them all.
 SOME_TOUCHING = 0.05
@@ -53,11 +59,18 @@ def choose_target(
         f"{touching:.0%} of the objects touch another in the median image and their diameters spread "
         f"{spread:.1f}x within an image (90th/10th percentile)"
     )
+    if touching >= DENSE_TOUCHING:
+        return DENSE_TARGET, (
+            f"target {DENSE_TARGET}: {numbers}, so most objects touch; the network learns a flow field "
+            "towards each object's centre, which keeps touching objects apart whatever their size and shape "
+            "(`predict --instances` follows it)"
+        )
     if touching >= CROWDED_TOUCHING or (touching >= SOME_TOUCHING and spread >= SIZE_SPREAD):
         return CROWDED_TARGET, (
-            f"target {CROWDED_TARGET}: {numbers}, so a foreground map would merge them; the network learns a "
-            "flow field towards each object's centre, which keeps touching objects apart whatever their "
-            "size and shape (`predict --instances` follows it)"
+            f"target {CROWDED_TARGET}: {numbers}, so a foreground map would merge them; the network learns "
+            "each object's interior and its one-pixel border, and the interiors seed the objects "
+            "(`predict --instances`); flows are planned from "
+            f"{DENSE_TOUCHING:.0%} touching on"
         )
     return "semantic", (
         f"target semantic: {numbers}, few enough for the foreground and a distance-transform watershed "
