@@ -24,12 +24,12 @@ CROWDED_TARGET = "three_class"
 DENSE_TARGET = "flows"
 #: Objects are crowded when, in the median image, at least this fraction of them touch another ...
 CROWDED_TOUCHING = 0.2
-#: ... and dense from this fraction on (between the two measured datasets, 27 % and 85 %).
-DENSE_TOUCHING = 0.5
 #: ... or when at least SOME_TOUCHING do and their diameters spread more than SIZE_SPREAD (90th over
 #: 10th percentile within an image): no single watershed seed distance suits them all.
 SOME_TOUCHING = 0.05
 SIZE_SPREAD = 3.0
+#: Objects are dense from this touching fraction on (between the two measured datasets, 27 % and 85 %).
+DENSE_TOUCHING = 0.5
 
 
 def object_crowding(instances: np.ndarray) -> Optional[tuple[float, float]]:
@@ -68,7 +68,7 @@ def choose_target(
     if touching >= CROWDED_TOUCHING or (touching >= SOME_TOUCHING and spread >= SIZE_SPREAD):
         return CROWDED_TARGET, (
             f"target {CROWDED_TARGET}: {numbers}, so a foreground map would merge them; the network learns "
-            "each object's interior and its one-pixel border, and the interiors seed the objects "
+            "each object's interior and its border, and the interiors seed the objects "
             "(`predict --instances`); flows are planned from "
             f"{DENSE_TOUCHING:.0%} touching on"
         )
