@@ -5,8 +5,11 @@ Each run is what a user types, ``unetkit train DATA [--val VAL] --task ... --out
 - ``denoise_s15``, ``denoise_s25``, ``denoise_s50``: clean BSD images, ``--noise gaussian:S`` (validated on
   Set12), one model per noise level;
 - ``denoise_blind``: ``--noise gaussian:0-55`` (one blind model for every level);
-- ``n2v_s25``: Noise2Void (``--self-supervised``) on the same BSD images with sigma-25 noise added
-  once (it never sees a clean image; validated by its blind-spot loss on held-out noisy images);
+- ``ne2ne_s25``: Neighbor2Neighbor (``--self-supervised``, the default method) on the same BSD images
+  with sigma-25 noise added once (it never sees a clean image; validated by the loss between neighbour
+  sub-images of held-out noisy images);
+- ``n2v_s25``: Noise2Void (``--self-supervised noise2void``) on the same noisy images (validated by its
+  blind-spot loss);
   ``n2v_s25_mask02pct`` masks the paper's 0.2 % of the pixels instead of the plan's 2 %,
   ``n2v_s25_mask5pct`` 5 %, ``n2v_s25_median`` replaces them by the neighbourhood's median (N2V2);
 - ``sr_x2``, ``sr_x4``: ``--task super-resolve --scale 2|4`` (validated on Set14).
@@ -42,13 +45,14 @@ OUT = ROOT / "bench_out" / "restoration"
 HELD_OUT = 32
 SIGMAS = (15, 25, 50)
 SCALES = (2, 4)
-NOISE2VOID = ["--task", "denoise", "--self-supervised"]
+NOISE2VOID = ["--task", "denoise", "--self-supervised", "noise2void"]
 #: run name -> (training folder key, validation folder, unetkit train options)
 RUNS = {
     "denoise_s25": ("clean", DATA / "set12", ["--task", "denoise", "--noise", "gaussian:25"]),
     "denoise_s15": ("clean", DATA / "set12", ["--task", "denoise", "--noise", "gaussian:15"]),
     "denoise_s50": ("clean", DATA / "set12", ["--task", "denoise", "--noise", "gaussian:50"]),
     "denoise_blind": ("clean", DATA / "set12", ["--task", "denoise", "--noise", "gaussian:0-55"]),
+    "ne2ne_s25": ("noisy", None, ["--task", "denoise", "--self-supervised"]),
     "n2v_s25": ("noisy", None, NOISE2VOID),
     "n2v_s25_mask02pct": ("noisy", None, [*NOISE2VOID, "--restoration.blind-spot-fraction", "0.002"]),
     "n2v_s25_mask5pct": ("noisy", None, [*NOISE2VOID, "--restoration.blind-spot-fraction", "0.05"]),
@@ -147,7 +151,8 @@ def table() -> str:
              "|---|---|---|---:|---:|---:|---:|---|---|"]
     for sigma in SIGMAS:
         models = [
-            m for m in runs if m in (f"denoise_s{sigma}", "denoise_blind") or m.startswith(f"n2v_s{sigma}")
+            m for m in runs if m in (f"denoise_s{sigma}", "denoise_blind")
+            or m.startswith((f"n2v_s{sigma}", f"ne2ne_s{sigma}"))
         ]
         for where in (f"set12_s{sigma}", f"bsdtest_s{sigma}"):
             base = bm3d.get(sigma) if where.startswith("set12") else None

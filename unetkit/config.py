@@ -88,9 +88,10 @@ class RestorationConfig:
 
     ``mode``: ``"pairs"`` (``DATA/inputs/`` + ``DATA/targets/``, e.g. low/high-SNR acquisitions),
     ``"denoise"`` (clean images, degraded on the fly by ``noise``: fresh noise every epoch),
-    ``"super_resolve"`` (clean images, bicubic-downscaled by ``scale``) or ``"noise2void"``
-    (noisy images only: blind-spot training, ``blind_spot_fraction`` of the pixels replaced by a
-    neighbour within ``blind_spot_radius``, ``blind_spot_mode`` ``"uniform"`` or ``"median"``).
+    ``"super_resolve"`` (clean images, bicubic-downscaled by ``scale``), and for noisy images only
+    ``"neighbor2neighbor"`` (two neighbour sub-images of each noisy patch, one the input and one the
+    target) or ``"noise2void"`` (blind-spot training, ``blind_spot_fraction`` of the pixels replaced
+    by a neighbour within ``blind_spot_radius``, ``blind_spot_mode`` ``"uniform"`` or ``"median"``).
     ``noise``: a :func:`~unetkit.data.degrade.parse_noise` spec (``gaussian:25``, ``gaussian:0-55``,
     ``poisson:30``, ``poisson-gaussian:30,10``) on the images' intensity scale. ``scale``: output
     pixels per input pixel along each axis (super-resolution; 1 otherwise). ``data_range``: the
@@ -293,7 +294,7 @@ class TrainConfig:
                 "restoration.blind_spot_fraction must be in (0, 1), "
                 f"got {self.restoration.blind_spot_fraction}"
             )
-        if self.restoration.mode in ("denoise", "noise2void") and self.restoration.scale != 1:
+        if self.restoration.mode not in ("pairs", "super_resolve") and self.restoration.scale != 1:
             raise ValueError(
                 f"restoration.scale {self.restoration.scale} needs restoration.mode super_resolve "
                 "(or pairs whose targets are that much larger)"

@@ -178,6 +178,22 @@ def dataset(pairs, mode, **kwargs) -> RestorationPatchDataset:
     return RestorationPatchDataset(pairs, mode=mode, **options)
 
 
+def test_neighbor2neighbor_items_are_the_noisy_patch_and_two_neighbour_subimages(clean):
+    ds = dataset(clean, "neighbor2neighbor")
+    item = ds[5]
+    assert set(item) == {"image", "sub_a", "sub_b"}
+    assert item["image"].shape == (1, 32, 32) and item["image"].dtype == torch.float32
+    assert item["sub_a"].shape == item["sub_b"].shape == (16, 16) and item["sub_a"].dtype == torch.int64
+    ya, xa = np.unravel_index(item["sub_a"].numpy(), (32, 32))
+    yb, xb = np.unravel_index(item["sub_b"].numpy(), (32, 32))
+    assert np.all(np.abs(ya - yb) + np.abs(xa - xb) == 1)
+    assert torch.equal(ds[5]["sub_a"], item["sub_a"])  # seeded per (seed, epoch, index)
+    ds.set_epoch(1)
+    assert not torch.equal(ds[5]["sub_a"], item["sub_a"])
+    with pytest.raises(ValueError, match="even"):
+        dataset(clean, "neighbor2neighbor", patch_size=33)
+
+
 @pytest.mark.parametrize("mode", ["pairs", "denoise", "super_resolve", "noise2void"])
 def test_items_of_each_mode(tmp_path, clean, mode):
     pairs = clean

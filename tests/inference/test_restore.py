@@ -282,8 +282,9 @@ def test_evaluate_a_scale_2_run_on_pairs_and_on_clean_colour_images(tmp_path):
     assert "luminance" in (tmp_path / "r2" / "report.md").read_text()
 
 
-def test_evaluate_a_noise2void_run_on_noisy_images(tmp_path):
-    run = make_restoration_run(tmp_path, mode="noise2void")
+@pytest.mark.parametrize("mode", ["noise2void", "neighbor2neighbor"])
+def test_evaluate_a_self_supervised_run_on_noisy_images(tmp_path, mode):
+    run = make_restoration_run(tmp_path, mode=mode)
     data = tmp_path / "noisy"
     data.mkdir()
     rng = np.random.default_rng(0)

@@ -17,8 +17,9 @@ from scipy.ndimage import gaussian_filter
 
 from unetkit.cli import main
 from unetkit.config import RestorationConfig, TrainConfig, apply_overrides
+from unetkit.data.neighbours import neighbour_pair_indices, take_subimage
 from unetkit.tasks.base import TaskData
-from unetkit.tasks.restoration import RestorationTask
+from unetkit.tasks.restoration import NEIGHBOR2NEIGHBOR_GAMMA, RestorationTask, neighbor2neighbor_loss
 from unetkit.training import Run
 from unetkit.training.planner import Machine
 from unetkit.training.restoration_plan import plan_restoration
@@ -161,20 +162,28 @@ def test_without_validation_the_epoch_of_lowest_loss_is_kept(clean, tmp_path, ca
     assert losses[kept - 1] == min(losses), out
 
 
-def test_noise2void_from_the_command_line(tmp_path):
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory) -> Path:
     rng = np.random.default_rng(3)
-    noisy = tmp_path / "noisy"
-    noisy.mkdir()
+    folder = tmp_path_factory.mktemp("noisy") / "images"
+    folder.mkdir()
     for i in range(6):
         image = np.clip(smooth(64, 200 + i) + rng.normal(0, 20, (64, 64)), 0, 255).astype(np.uint8)
-        Image.fromarray(image).save(noisy / f"n{i}.png")
+        Image.fromarray(image).save(folder / f"n{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize("method", ["noise2void", "neighbor2neighbor", None])
+def test_self_supervised_denoising_from_the_command_line(noisy, tmp_path, capsys, method):
     run = tmp_path / "run"
-    assert train_cli(noisy, run, "--task", "denoise", "--self-supervised") == 0
-    loaded = check_restoration_run(run, "noise2void")
+    assert train_cli(noisy, run, "--task", "denoise", "--self-supervised", *([method] if method else [])) == 0
+    loaded = check_restoration_run(run, method or "neighbor2neighbor")  # the default method
     header = metrics_header(run)
     assert "val_loss" in header and "psnr" not in header
     assert loaded.config.budget.monitor == "val_loss"
     assert loaded.best["val_loss"] == min(h["val_loss"] for h in loaded.history)
+    by = "blind-spot loss" if method == "noise2void" else "loss between neighbour sub-images"
+    assert f"without clean validation targets: validating by the {by}" in capsys.readouterr().out
 
 
 def test_a_restoration_run_resumes_where_it_stopped(clean, denoised, tmp_path, capsys):
@@ -277,6 +286,34 @@ def test_the_loss_counts_only_the_masked_pixels():
     assert float(l1) == pytest.approx(float(sum(picked) / 4))
 
 
+def test_neighbor2neighbor_loss_is_the_subimage_error_plus_the_ramped_regulariser():
+    torch.manual_seed(0)
+    noisy = torch.randn(2, 1, 4, 4)
+    pairs = [neighbour_pair_indices((4, 4), np.random.default_rng(i)) for i in range(2)]
+    a, b = (torch.from_numpy(np.stack(p)) for p in zip(*pairs))
+    net = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def by_hand(progress: float) -> torch.Tensor:
+        whole = net(noisy).detach()
+        diff = net(take_subimage(noisy, a)) - take_subimage(noisy, b)
+        gap = take_subimage(whole, a) - take_subimage(whole, b)
+        return diff.square().mean() + NEIGHBOR2NEIGHBOR_GAMMA * progress * (diff - gap).square().mean()
+
+    loss = neighbor2neighbor_loss(l1=False)
+    for progress in (0.0, 0.5, 1.0):
+        batch = {"image": noisy, "sub_a": a, "sub_b": b, "progress": torch.tensor(progress)}
+        got = loss(net, batch)
+        expected = by_hand(progress)
+        assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+        # the network's pass over the whole image carries no gradient (the paper's stop-gradient)
+        grads = torch.autograd.grad(got, net.weight)[0], torch.autograd.grad(expected, net.weight)[0]
+        assert torch.allclose(*grads, rtol=1e-4, atol=1e-6)
+    # an identity network has no regulariser to pay: its sub-images' difference is the noisy one
+    identity = {"image": noisy, "sub_a": a, "sub_b": b, "progress": torch.tensor(1.0)}
+    plain = (take_subimage(noisy, a) - take_subimage(noisy, b)).square().mean()
+    assert float(loss(lambda x: x, identity)) == pytest.approx(float(plain), rel=1e-6)
+
+
 # ------------------------------------------------------------------------------------------- planner
 
 
@@ -315,6 +352,21 @@ def test_plan_for_noise2void(big, pairs):
     with_targets = plan_restoration(big, RestorationConfig(mode="noise2void"), val_dir=pairs, machine=CPU,
                                     measure=False)
     assert with_targets.config.budget.monitor == "psnr"
+
+
+def test_plan_for_neighbor2neighbor(big):
+    plan = plan_restoration(big, RestorationConfig(mode="neighbor2neighbor"), machine=CPU, measure=False)
+    c = plan.config
+    # the network trains on 64-px sub-images of 128-px patches
+    assert c.data.patch_size == 128 and c.model.depth == 4 and c.budget.monitor == "val_loss"
+    assert c.loss.name == "l2" and c.model.residual and c.restoration.mode == "neighbor2neighbor"
+    assert "64 px sub-images" in plan.format() and "Neighbor2Neighbor" in plan.format()
+    c.validate()
+
+
+def test_the_plan_times_the_neighbor2neighbor_step_it_will_train(big):
+    plan = plan_restoration(big, RestorationConfig(mode="neighbor2neighbor"), machine=CPU, max_minutes=1)
+    assert plan.seconds_per_step > 0 and plan.config.budget.epochs >= 1
 
 
 def test_plan_command_prints_the_task(big, capsys):

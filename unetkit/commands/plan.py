@@ -6,7 +6,13 @@ import argparse
 import sys
 
 from ..data.io import DataError
-from .train import CLI_CONDITIONS, CLI_TASKS, generation_options, restoration_options
+from .train import (
+    CLI_CONDITIONS,
+    CLI_TASKS,
+    add_self_supervised_option,
+    generation_options,
+    restoration_options,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", choices=CLI_TASKS, default="segment", help="as for `unetkit train`")
     parser.add_argument("--noise", help="denoise: the noise, as for `unetkit train`")
     parser.add_argument("--scale", type=int, help="super-resolve: the scale, as for `unetkit train`")
-    parser.add_argument("--self-supervised", action="store_true", help="denoise: Noise2Void")
+    add_self_supervised_option(parser)
     parser.add_argument("--condition", choices=CLI_CONDITIONS, help="generate: as for `unetkit train`")
     parser.add_argument(
         "--no-timing", action="store_true", help="skip timing a training step (epochs unplanned)"

@@ -34,6 +34,9 @@ from ..training.state import has_state
 CLI_TASKS = ("segment", "restore", "denoise", "super-resolve", "generate")
 #: ``--condition`` words of ``--task generate`` (the config's ``generation.condition``).
 CLI_CONDITIONS = ("class", "none", "low-res", "mask")
+#: ``--self-supervised`` methods (restoration modes), the default first: it measured better on the same
+#: budget (BENCHMARKS.md, restoration).
+SELF_SUPERVISED_METHODS = ("neighbor2neighbor", "noise2void")
 
 #: Fields a resumed run may change (the rest would break the schedule it continues).
 RESUMABLE_FIELDS = (
@@ -93,8 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "gaussian:0-55 (blind), poisson:30, poisson-gaussian:30,10 (default gaussian:25)")
     parser.add_argument("--scale", type=int, help="super-resolve: 2, 3 or 4 (default 2); "
                         "generate --condition low-res: the stage's scale (default 4)")
-    parser.add_argument("--self-supervised", action="store_true",
-                        help="denoise: Noise2Void, from noisy images alone (no clean targets)")
+    add_self_supervised_option(parser)
     parser.add_argument("--config", help="config file (JSON or YAML, may be partial)")
     parser.add_argument(
         "--preset",
@@ -116,6 +118,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run, accepts_overrides=True)
 
 
+def add_self_supervised_option(parser: argparse.ArgumentParser) -> None:
+    """``--self-supervised [METHOD]`` (``unetkit train`` and ``unetkit plan``)."""
+    parser.add_argument(
+        "--self-supervised", nargs="?", const=SELF_SUPERVISED_METHODS[0], choices=SELF_SUPERVISED_METHODS,
+        metavar="METHOD",
+        help="denoise from noisy images alone (no clean targets): neighbor2neighbor (default: two "
+        "neighbour sub-images of each noisy image, one the input and one the target) or noise2void "
+        "(blind spots)",
+    )
+
+
 def restoration_options(args: argparse.Namespace) -> Optional[RestorationConfig]:
     """The restoration settings ``--task``, ``--noise``, ``--scale`` and ``--self-supervised`` ask for
     (``None`` for segmentation); raises ``ValueError`` for options that do not fit the task."""
@@ -132,13 +145,12 @@ def restoration_options(args: argparse.Namespace) -> Optional[RestorationConfig]
     if misplaced:
         raise ValueError(
             f"{', '.join(misplaced)} does not apply to --task {task}"
-            + (" --self-supervised (Noise2Void learns the noise from the images)"
-               if args.self_supervised else "")
+            + (" --self-supervised (it learns the noise from the images)" if args.self_supervised else "")
         )
     if task == "segment":
         return None
     if task == "denoise":
-        mode = "noise2void" if args.self_supervised else "denoise"
+        mode = args.self_supervised or "denoise"
         return RestorationConfig(mode=mode, noise=args.noise or RestorationConfig.noise)
     if task == "super-resolve":
         scale = 2 if args.scale is None else args.scale
@@ -197,7 +209,7 @@ def resolve_config(args: argparse.Namespace, overrides: dict[str, str]) -> Train
             config = dataclasses.replace(
                 config, task="restoration", restoration=restoration,
                 model=dataclasses.replace(config.model, padding="same", residual=True),
-                loss=LossConfig(name="l2" if restoration.mode in ("denoise", "noise2void") else "l1"),
+                loss=LossConfig(name="l1" if restoration.mode in ("pairs", "super_resolve") else "l2"),
             )
     if args.config:
         try:

@@ -8,7 +8,9 @@ How a pair is made depends on ``mode`` (:class:`~unetkit.config.RestorationConfi
 - ``"super_resolve"``: a clean crop is the target, its bicubic downscale-then-upscale the input
   (the network learns the residual over the bicubic upscale, as VDSR);
 - ``"noise2void"``: a noisy crop is the target, the same crop with a few pixels replaced by
-  neighbours the input, and the loss counts those pixels only.
+  neighbours the input, and the loss counts those pixels only;
+- ``"neighbor2neighbor"``: a noisy crop and the indices of its two random neighbour sub-images
+  (:mod:`.neighbours`); the loss sub-samples the crop and the network's output of it.
 
 Both are normalised with the same per-image offset and scale, those of the image as the predictor
 will see it (noisy, downscaled: the input), so the network maps inputs to outputs on one intensity
@@ -27,10 +29,13 @@ from torch.utils.data import Dataset
 from .blindspot import apply_blind_spot, blind_spot_mask
 from .degrade import NoiseModel, downscale, upscale
 from .io import DataError
+from .neighbours import neighbour_pair_indices
 from .normalize import NormalizeConfig, apply_normalization, normalization_params
 from .pairs import ImagePair, intensity_max, read_checked_image
 
-RESTORATION_MODES = ("pairs", "denoise", "super_resolve", "noise2void")
+RESTORATION_MODES = ("pairs", "denoise", "super_resolve", "noise2void", "neighbor2neighbor")
+#: The modes that learn from noisy images alone (no clean target).
+SELF_SUPERVISED_MODES = ("noise2void", "neighbor2neighbor")
 
 
 def dihedral(arrays: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
@@ -45,7 +50,8 @@ def dihedral(arrays: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.
 
 
 class RestorationPatchDataset(Dataset):
-    """Items ``{"image": float32 (C, *P), "target": float32 (C, *P)[, "mask": float32 (*P)]}``.
+    """Items ``{"image": float32 (C, *P), "target": float32 (C, *P)[, "mask": float32 (*P)]}``, for
+    Neighbor2Neighbor ``{"image": float32 (C, *P), "sub_a", "sub_b": int64 (*P // 2)}``.
 
     ``P`` is ``patch_size`` (at the target's resolution). Item ``i`` comes from image
     ``i % len(pairs)``, its randomness seeded by ``(seed, epoch, i)`` (see :meth:`set_epoch`).
@@ -74,6 +80,10 @@ class RestorationPatchDataset(Dataset):
             raise DataError(f"{pairs[0].image}: mode 'pairs' needs DATA/inputs/ and DATA/targets/")
         if mode == "denoise" and noise is None:
             raise ValueError("mode 'denoise' needs a noise model")
+        if mode == "neighbor2neighbor" and patch_size % 2:
+            raise ValueError(
+                f"Neighbor2Neighbor sub-samples cells of 2 px: the patch size {patch_size} must be even"
+            )
         if mode == "super_resolve" and (scale < 2 or patch_size % scale):
             raise ValueError(
                 f"super-resolution needs a scale >= 2 that divides the patch size {patch_size}, got {scale}"
@@ -154,6 +164,14 @@ class RestorationPatchDataset(Dataset):
         elif self.mode == "super_resolve":
             out = arrays[0]
             inp = upscale(downscale(out, self.scale), self.scale)
+        elif self.mode == "neighbor2neighbor":
+            sub_a, sub_b = neighbour_pair_indices(arrays[0].shape[1:], rng)
+            return {
+                "image": torch.from_numpy(
+                    np.ascontiguousarray(apply_normalization(arrays[0], offset, norm_scale), dtype=np.float32)
+                ),
+                "sub_a": torch.from_numpy(sub_a), "sub_b": torch.from_numpy(sub_b),
+            }
         else:
             out = arrays[0]
             fraction, radius, how = self.blind_spot

@@ -22,6 +22,8 @@ from ..config import TrainConfig
 
 #: ``loss(network, batch on the device) -> scalar``: the task decides how the network is called
 #: (an image-to-image task on ``batch["image"]``; a diffusion model on a noised image and a time step).
+#: The trainer adds ``batch["progress"]``, the run's progress in [0, 1] (the learning-rate clock), for
+#: losses whose weights change over the run.
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 
 
@@ -41,8 +43,9 @@ class TaskData:
 
     ``classes`` is the segmentation task's ``ClassInfo`` (``None`` for tasks without classes);
     ``scale`` the restoration task's output pixels per input pixel (from its pairs or config);
-    ``settings`` what else a task reads from the data for :meth:`Task.resolve_config` (generation:
-    its ``GenerationConfig`` with the class names and intensity range).
+    ``settings`` what else a task reads from the data for :meth:`Task.resolve_config` and validation
+    (generation: its ``GenerationConfig`` with the class names and intensity range; restoration: its
+    mode, which decides how images without clean targets are scored).
     """
 
     train: list[Any]

@@ -16,10 +16,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..config import TrainConfig
 from ..data.check import check_dataset
@@ -284,9 +285,16 @@ def _round_down(value: int, multiple: int) -> int:
     return max(multiple, value // multiple * multiple)
 
 
-def time_training_step(config: TrainConfig, device: str, repeats: int = 2) -> float:
+def time_training_step(
+    config: TrainConfig,
+    device: str,
+    repeats: int = 2,
+    loss_of: Optional[Callable[[nn.Module, torch.Tensor], torch.Tensor]] = None,
+) -> float:
     """Seconds per training step of the planned network and batch on this machine (after a warm-up),
-    in the memory format and precision the trainer will use."""
+    in the memory format and precision the trainer will use. ``loss_of(model, patches)`` is the task's
+    loss on a batch of patches ``(N, C, *P)`` where it costs more than one pass (default: the mean square
+    of the output)."""
     model = build_model(config.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     size = (config.data.patch_size,) * config.model.dims
@@ -299,7 +307,7 @@ def time_training_step(config: TrainConfig, device: str, repeats: int = 2) -> fl
     for i in range(repeats + 1):
         start = time.perf_counter()
         with autocast(torch.device(device), amp_dtype):
-            loss = model(x).float().square().mean()
+            loss = loss_of(model, x) if loss_of else model(x).float().square().mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -316,11 +324,12 @@ def fit_epochs(
     machine: Machine,
     max_minutes: Optional[float],
     val_pixels: Optional[float],
+    loss_of: Optional[Callable[[nn.Module, torch.Tensor], torch.Tensor]] = None,
 ) -> tuple[TrainConfig, Optional[float]]:
     """Set the epoch length and count of a planned ``config`` by timing its training step here (skipped
-    when ``val_pixels`` is ``None``): epochs long enough that validating ``val_pixels`` pixels after
-    each is a small share, as many as ``max_minutes`` holds; appends the reasons. Returns the config
-    and the seconds per step."""
+    when ``val_pixels`` is ``None``; ``loss_of`` as for :func:`time_training_step`): epochs long enough
+    that validating ``val_pixels`` pixels after each is a small share, as many as ``max_minutes`` holds;
+    appends the reasons. Returns the config and the seconds per step."""
     data = config.data
     batch, patch, dims = data.batch_size, data.patch_size, config.model.dims
     per_epoch = data.patches_per_epoch
@@ -329,7 +338,7 @@ def fit_epochs(
     epochs = config.budget.epochs
     seconds = None
     if val_pixels is not None:
-        seconds = time_training_step(config, machine.device)
+        seconds = time_training_step(config, machine.device, loss_of=loss_of)
         val_seconds = VALIDATION_COST * val_pixels / (batch * patch**dims) * seconds
         min_epoch = max(MIN_EPOCH_SECONDS, 10 * val_seconds)
         short = math.ceil(min_epoch / seconds)

@@ -6,10 +6,11 @@
   centred on zero, which a short CPU budget learns faster than the whole image;
 - L2 loss for denoising (the Gaussian-noise optimum, and what PSNR measures), L1 for
   super-resolution and paired restoration (sharper edges, EDSR), L2 on the blind spots for
-  Noise2Void (its paper's loss);
+  Noise2Void and between the sub-images for Neighbor2Neighbor (their papers' losses);
 - 8-bit images normalised by the fixed 0-255 range (noise levels and PSNR are defined on it),
   other images by their percentiles; the output is mapped back to the input's scale;
-- patches of 64 px for Noise2Void (its default) and 96 px otherwise on a CPU (128 on a GPU);
+- patches of 64 px for Noise2Void (its default), 128 px for Neighbor2Neighbor (whose network sees
+  half of each axis: the sub-images are 64 px) and 96 px otherwise on a CPU (128 on a GPU);
 - 2 % blind spots for Noise2Void (the paper masks 0.2 %): more pixels carry the loss in each step.
 """
 
@@ -21,13 +22,18 @@ from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
+import torch
+from torch import nn
 
 from ..config import RestorationConfig, TrainConfig
 from ..data.degrade import parse_noise
 from ..data.io import read_image
+from ..data.neighbours import neighbour_pair_indices
 from ..data.normalize import NormalizeConfig
 from ..data.pairs import check_image_pairs, find_image_pairs, has_pairs
+from ..data.restoration_patches import SELF_SUPERVISED_MODES
 from ..losses import LossConfig
+from ..tasks.restoration import neighbor2neighbor_loss
 from .planner import Machine, Plan, adam_cosine, fingerprint_subset, fit_epochs
 
 #: Blind-spot fraction the plan gives Noise2Void runs (see the reason it prints).
@@ -95,18 +101,21 @@ def plan_restoration(
     config = base or TrainConfig()
     gpu = machine.device == "cuda"
     reasons: list[str] = []
-    cap = 64 if mode == "noise2void" else (128 if gpu else 96)
+    cap = {"noise2void": 64, "neighbor2neighbor": 128}.get(mode, 128 if gpu else 96)
     if fp.dims == 3:
-        cap = 32 if mode == "noise2void" else 48
-    depth = 4 if cap >= 64 else 3
-    step = 2**depth
+        cap = {"noise2void": 32, "neighbor2neighbor": 64}.get(mode, 48)
+    seen = cap // 2 if mode == "neighbor2neighbor" else cap  # what the network is trained on
+    depth = 4 if seen >= 64 else 3
+    step = 2**depth * (2 if mode == "neighbor2neighbor" else 1)
     patch = min(cap, min(fp.min_shape) // step * step)
     if mode == "super_resolve":
         multiple = int(np.lcm(step, restoration.scale))
         patch = max(multiple, patch // multiple * multiple)
     reasons.append(
         f"patch {patch} px, depth {depth}: "
-        + ("Noise2Void's default patch" if mode == "noise2void" else f"the {'GPU' if gpu else 'CPU'} choice")
+        + {"noise2void": "Noise2Void's default patch",
+           "neighbor2neighbor": f"the network sees {patch // 2} px sub-images"}.get(
+            mode, f"the {'GPU' if gpu else 'CPU'} choice")
         + f", no larger than the smallest image ({min(fp.min_shape)} px), a multiple of {step}"
     )
     width = 32 if gpu else 16
@@ -128,11 +137,13 @@ def plan_restoration(
         reasons.append(
             f"normalise by each input's 1st-99.8th percentiles ({fp.dtype} images); outputs mapped back"
         )
-    l2 = mode in ("denoise", "noise2void")
+    l2 = mode in ("denoise", "noise2void", "neighbor2neighbor")
     loss = LossConfig(name="l2" if l2 else "l1")
     reasons.append(
         "loss L2: optimal for Gaussian noise and what PSNR measures" if mode == "denoise"
         else "loss L2 on the blind-spot pixels only (Noise2Void)" if mode == "noise2void"
+        else "loss L2 between the two sub-images, plus the paper's regulariser (Neighbor2Neighbor)"
+        if mode == "neighbor2neighbor"
         else "loss L1: sharper edges than L2 for super-resolution and paired restoration (EDSR)"
     )
     train_pixels = int(np.prod(fp.median_shape)) * fp.n_images
@@ -160,7 +171,17 @@ def plan_restoration(
             sum(float(np.prod(read_image(p.target or p.image).shape[1:])) for p in find_image_pairs(val_dir))
             if val_dir else config.data.val_fraction * train_pixels
         )
-    config, seconds = fit_epochs(config, reasons, machine, max_minutes, val_pixels)
-    clean = mode != "noise2void" or (val_dir is not None and has_pairs(val_dir))
+    loss_of = neighbour_loss_of if mode == "neighbor2neighbor" else None
+    config, seconds = fit_epochs(config, reasons, machine, max_minutes, val_pixels, loss_of=loss_of)
+    clean = mode not in SELF_SUPERVISED_MODES or (val_dir is not None and has_pairs(val_dir))
     config = adam_cosine(config, reasons, "psnr" if clean else "val_loss")
     return Plan(config=config, fingerprint=fp, machine=machine, reasons=reasons, seconds_per_step=seconds)
+
+
+def neighbour_loss_of(model: nn.Module, patches: torch.Tensor) -> torch.Tensor:
+    """Neighbor2Neighbor's loss on random patches ``(N, C, *P)``, to time its step (a pass over the whole
+    patch without gradient, and a training pass over a sub-image)."""
+    rng = np.random.default_rng(0)
+    pairs = [neighbour_pair_indices(patches.shape[2:], rng) for _ in range(patches.shape[0])]
+    a, b = (torch.from_numpy(np.stack(p)).to(patches.device) for p in zip(*pairs))
+    return neighbor2neighbor_loss(l1=False)(model, {"image": patches, "sub_a": a, "sub_b": b})

@@ -169,6 +169,7 @@ class Trainer:
         )
         self._adopt_world_size()
         self.network: nn.Module = self.model
+        self._progress_now = 0.0  # the run's progress in [0, 1] (the learning-rate clock), see _set_lr
         if self.dist.enabled:
             # Gradients are averaged by DDP (bucketed all-reduce in the backward pass); rank 0's
             # weights and buffers are broadcast at construction. Every parameter of the U-Nets takes
@@ -250,7 +251,8 @@ class Trainer:
         return progress
 
     def _set_lr(self, elapsed: float) -> float:
-        lr = self.config.optim.lr * lr_factor(self.progress.step, self._run_progress(elapsed), self.config)
+        self._progress_now = min(max(self._run_progress(elapsed), 0.0), 1.0)
+        lr = self.config.optim.lr * lr_factor(self.progress.step, self._progress_now, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -262,6 +264,7 @@ class Trainer:
 
     def _train_step(self, batch: dict[str, torch.Tensor], update: bool) -> torch.Tensor:
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        batch["progress"] = torch.tensor(self._progress_now, device=self.device)
         if batch["image"].dim() == 4:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         # Between two optimiser steps (gradient accumulation) DDP need not all-reduce.
