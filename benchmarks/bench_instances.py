@@ -20,6 +20,10 @@ generated crowded cells and adds route 1 trained with the paper's border weight 
 (``--loss.name weighted_ce --data.weight-map true``), to show what the map buys. Prints one markdown
 table: mean over validation images of AP@0.5 (TP / (TP + FP + FN)), the DSB score, F1@0.5, AJI and PQ;
 for dsb2018 also AP@0.5 per imaging modality (the StarDist reference figures are for fluorescence).
+
+``dsb2018 --select-on N`` trains on the training split less N of its images (seeded), which pick each
+run's best epoch instead of the 40 validation images (runs under ``--work``/dsb2018/select-N/): the 40
+are then images the model and its choices never saw.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-from bench_train_datasets import finished, split_dsb
+from bench_train_datasets import finished, link_samples, split_dsb
 
 from unetkit.data.io import read_image, read_label_image
 from unetkit.data.normalize import NormalizeConfig, normalize_image
@@ -113,6 +117,17 @@ def classical(config: InstanceConfig) -> Callable[[np.ndarray], np.ndarray]:
     return lambda image: otsu_watershed(normalize_image(image, norm), config)
 
 
+def split_training(train_dir: Path, work: Path, n: int, seed: int = 1) -> tuple[Path, Path]:
+    """``train_dir`` less ``n`` random images, and those ``n`` (symbolic links under ``work``)."""
+    names = sorted(p.name for p in (train_dir / "images").glob("*.png"))
+    order = np.random.default_rng(seed).permutation(len(names))
+    picked = sorted(names[i] for i in order[:n])
+    rest = sorted(set(names) - set(picked))
+    subs = ("images", "masks", "instances")
+    return (link_samples(train_dir, work / "train", rest, subs),
+            link_samples(train_dir, work / "select", picked, subs))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", choices=("dsb2018", "synthetic"))
@@ -123,6 +138,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--routes", nargs="+", help="only these routes (run folder names: route1, "
                         "route1_weighted, route2, route3, route4)")
     parser.add_argument("--threads", type=int, help="torch threads per training (runs sharing the machine)")
+    parser.add_argument("--select-on", type=int, metavar="N", help="dsb2018: choose the best epoch on N "
+                        "training images, so the scored validation images stay unseen")
     args = parser.parse_args(argv)
     budget = budget_flags(args.minutes, args.steps)
     described = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
@@ -135,9 +152,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.dataset == "dsb2018":
         train_dir, val_dir = split_dsb(work / "split")
         done = {"route1": work / "run"}  # bench_train_datasets.py --dataset dsb2018: the same command
+        select_dir = val_dir
+        if args.select_on:
+            work = work / f"select-{args.select_on}"
+            train_dir, select_dir = split_training(train_dir, work, args.select_on)
+            done = {}
     else:
         train_dir = write_synthetic_dataset(work / "gen_train", 24, size=256, seed=1)
         val_dir = write_synthetic_dataset(work / "gen_val", 8, size=256, seed=2)
+        select_dir = val_dir
         done = {}
         routes.insert(1, ("route1_weighted", "route 1 + border weight map", "weighted", "watershed"))
     if args.routes:
@@ -156,7 +179,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             print(f"{name}: using the finished run {run_dir}", flush=True)
         else:
             flags = ROUTE_FLAGS[kind] + (["--threads", str(args.threads)] if args.threads else [])
-            run_dir = train_route(train_dir, val_dir, work / key, budget, flags)
+            run_dir = train_route(train_dir, select_dir, work / key, budget, flags)
         results[name] = score(val_samples, predictor_route(run_dir, replace(instance_config, method=method)))
         if key == "route1":
             results["route 1: foreground + connected components"] = score(

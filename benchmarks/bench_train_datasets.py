@@ -49,7 +49,7 @@ void 0 0 0 ignore
 """
 
 
-def _link(src_root: Path, dst_root: Path, names: list[str], subfolders: tuple[str, ...]) -> Path:
+def link_samples(src_root: Path, dst_root: Path, names: list[str], subfolders: tuple[str, ...]) -> Path:
     for sub in subfolders:
         (dst_root / sub).mkdir(parents=True, exist_ok=True)
         for name in names:
@@ -73,7 +73,7 @@ def split_dsb(work: Path, n_val: int = 40, seed: int = 0) -> tuple[Path, Path]:
     val = sorted(names[i] for i in order[:n_val])
     train = sorted(set(names) - set(val))
     subs = ("images", "masks", "instances")
-    return _link(src, work / "train", train, subs), _link(src, work / "val", val, subs)
+    return link_samples(src, work / "train", train, subs), link_samples(src, work / "val", val, subs)
 
 
 def split_camvid(work: Path) -> tuple[Path, Path]:
@@ -83,7 +83,7 @@ def split_camvid(work: Path) -> tuple[Path, Path]:
     parts = {}
     for part in ("train", "val"):
         names = [r["file"] for r in rows if r["split"] == part]
-        parts[part] = _link(src, work / part, names, ("images", "masks"))
+        parts[part] = link_samples(src, work / part, names, ("images", "masks"))
         (parts[part] / "classes.txt").write_text(CAMVID_CLASSES)
     return parts["train"], parts["val"]
 
