@@ -5,10 +5,9 @@ A training pair is an input patch and its target (:mod:`unetkit.data.restoration
 ``inputs/`` + ``targets/``, or clean images degraded on the fly, or noisy images with blind spots,
 or two neighbour sub-images of one noisy image); the loss is L1 or L2 (on the blind spots only for
 Noise2Void; between the sub-images, with the paper's regulariser, for Neighbor2Neighbor); validation
-scores PSNR and SSIM
-(scikit-image's, with the data range explicit), super-resolution on the luminance with ``scale``
-pixels of border cropped, as the literature does; the output is an image on the input's intensity
-scale (:mod:`unetkit.inference.restore`).
+scores PSNR and SSIM (scikit-image's, with the data range explicit), super-resolution on the luminance
+with ``scale`` pixels of border cropped, as the literature does; the output is an image on the input's
+intensity scale (:mod:`unetkit.inference.restore`).
 """
 
 from __future__ import annotations
