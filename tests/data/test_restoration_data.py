@@ -304,3 +304,13 @@ def test_volumes_give_cubic_patches(tmp_path, mode):
         mask = item["mask"].numpy().astype(bool)
         assert mask.shape == (16, 16, 16) and mask.any()
         assert not ((item["image"] != item["target"]).numpy()[0] & ~mask).any()
+
+
+def test_volumes_give_neighbour_subvolumes(tmp_path):
+    volume = (np.random.default_rng(0).random((20, 32, 32)) * 255).astype(np.uint8)
+    ds = dataset([ImagePair(save_tif(tmp_path / "vol.tif", volume))], "neighbor2neighbor", patch_size=16)
+    item = ds[0]
+    assert item["image"].shape == (1, 16, 16, 16) and item["sub_a"].shape == item["sub_b"].shape == (8, 8, 8)
+    a = np.unravel_index(item["sub_a"].numpy(), (16, 16, 16))
+    b = np.unravel_index(item["sub_b"].numpy(), (16, 16, 16))
+    assert np.all(sum(np.abs(a[k] - b[k]) for k in range(3)) == 1)
