@@ -5,7 +5,7 @@ Each run is what a user types, ``unetkit train DATA [--val VAL] --task ... --out
 - ``denoise_s15``, ``denoise_s25``, ``denoise_s50``: clean BSD images, ``--noise gaussian:S`` (validated on
   Set12), one model per noise level;
 - ``denoise_blind``: ``--noise gaussian:0-55`` (one blind model for every level);
-- ``ne2ne_s25``: Neighbor2Neighbor (``--self-supervised``, the default method) on the same BSD images
+- ``ne2ne_s25``: Neighbor2Neighbor (``--self-supervised neighbor2neighbor``) on the same BSD images
   with sigma-25 noise added once (it never sees a clean image; validated by the loss between neighbour
   sub-images of held-out noisy images);
 - ``n2v_s25``: Noise2Void (``--self-supervised noise2void``) on the same noisy images (validated by its
@@ -52,7 +52,7 @@ RUNS = {
     "denoise_s15": ("clean", DATA / "set12", ["--task", "denoise", "--noise", "gaussian:15"]),
     "denoise_s50": ("clean", DATA / "set12", ["--task", "denoise", "--noise", "gaussian:50"]),
     "denoise_blind": ("clean", DATA / "set12", ["--task", "denoise", "--noise", "gaussian:0-55"]),
-    "ne2ne_s25": ("noisy", None, ["--task", "denoise", "--self-supervised"]),
+    "ne2ne_s25": ("noisy", None, ["--task", "denoise", "--self-supervised", "neighbor2neighbor"]),
     "n2v_s25": ("noisy", None, NOISE2VOID),
     "n2v_s25_mask02pct": ("noisy", None, [*NOISE2VOID, "--restoration.blind-spot-fraction", "0.002"]),
     "n2v_s25_mask5pct": ("noisy", None, [*NOISE2VOID, "--restoration.blind-spot-fraction", "0.05"]),

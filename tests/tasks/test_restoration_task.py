@@ -177,12 +177,12 @@ def noisy(tmp_path_factory) -> Path:
 def test_self_supervised_denoising_from_the_command_line(noisy, tmp_path, capsys, method):
     run = tmp_path / "run"
     assert train_cli(noisy, run, "--task", "denoise", "--self-supervised", *([method] if method else [])) == 0
-    loaded = check_restoration_run(run, method or "neighbor2neighbor")  # the default method
+    loaded = check_restoration_run(run, method or "noise2void")  # the flag alone: Noise2Void
     header = metrics_header(run)
     assert "val_loss" in header and "psnr" not in header
     assert loaded.config.budget.monitor == "val_loss"
     assert loaded.best["val_loss"] == min(h["val_loss"] for h in loaded.history)
-    by = "blind-spot loss" if method == "noise2void" else "loss between neighbour sub-images"
+    by = "loss between neighbour sub-images" if method == "neighbor2neighbor" else "blind-spot loss"
     assert f"without clean validation targets: validating by the {by}" in capsys.readouterr().out
 
 
@@ -348,6 +348,7 @@ def test_plan_for_noise2void(big, pairs):
     c = plan.config
     assert c.data.patch_size == 64 and c.budget.monitor == "val_loss" and c.loss.name == "l2"
     assert c.model.residual and c.restoration.mode == "noise2void"
+    assert "--self-supervised neighbor2neighbor" in plan.format()  # the better method is named
     # clean validation pairs: scored by PSNR
     with_targets = plan_restoration(big, RestorationConfig(mode="noise2void"), val_dir=pairs, machine=CPU,
                                     measure=False)
