@@ -137,8 +137,7 @@ def plan_restoration(
         reasons.append(
             f"normalise by each input's 1st-99.8th percentiles ({fp.dtype} images); outputs mapped back"
         )
-    l2 = mode in ("denoise", "noise2void", "neighbor2neighbor")
-    loss = LossConfig(name="l2" if l2 else "l1")
+    loss = LossConfig(name="l1" if mode in ("pairs", "super_resolve") else "l2")
     reasons.append(
         "loss L2: optimal for Gaussian noise and what PSNR measures" if mode == "denoise"
         else "loss L2 on the blind-spot pixels only (Noise2Void)" if mode == "noise2void"
